@@ -1,0 +1,247 @@
+"""Deterministic assignment of a unit to an arm of each experiment.
+
+Order of checks for one experiment, and why:
+
+1. **status** -- draft and paused experiments serve control and log nothing; a concluded one
+   serves its ``rollout_arm`` to every targeted unit (layer and coverage no longer matter: the
+   decision applies to the whole tested population).
+2. **override** -- forced arms for named units (QA, demos). Checked before layer, coverage and
+   targeting so that a QA account always sees what it was promised; an override is not
+   randomized, so it is never logged as an exposure and never enters the analysis.
+3. **holdout** -- units in the experiment's holdout get control and are not counted.
+4. **layer** -- the unit's layer bucket must fall in the experiment's segment (mutual exclusion).
+5. **coverage** -- the unit's coverage bucket must be below ``coverage``.
+6. **targeting** -- the request attributes must satisfy the condition.
+7. **split** -- the arm bucket picks an arm by cumulative weight. Only this path counts: its
+   assignment has ``in_experiment`` true and is the one a caller logs as an :class:`Exposure`.
+
+Each question uses its own seed (see :mod:`abkit.core.hashing`), so they are independent.
+
+Performance: the hot path allocates nothing. Every possible answer of an experiment (one per arm
+and reason) is built once at compile time and shared, and buckets are compared as raw digests
+against precomputed thresholds (:func:`abkit.core.hashing.below`). The exposure row -- which needs
+the request's time and trace anyway -- is built by the caller with :meth:`Assignment.exposure`.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from hashlib import sha256
+from itertools import accumulate
+from typing import NamedTuple
+
+from abkit.core.hashing import below, coverage_seed, holdout_seed, layer_seed
+from abkit.core.model import Experiment, ExperimentStatus, Reason, validate_catalog
+from abkit.core.targeting import Attributes, compile_condition
+from abkit.errors import NotFoundError
+
+_NO_ATTRIBUTES: Mapping[str, str] = {}
+
+
+class Exposure(NamedTuple):
+    """A unit was randomized into an arm, when and under which trace: one row of ``exposures``.
+
+    A named tuple rather than a frozen dataclass on purpose: one is built per randomized request,
+    it is immutable either way, and a tuple is both cheaper to build and already the row shape the
+    batched writer hands to the database.
+    """
+
+    experiment_key: str
+    unit_id: str
+    arm_key: str
+    model_version: str
+    config_checksum: str
+    exposed_at: datetime
+    trace_id: str = ""
+    span_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """The answer for one unit and one experiment: route on ``model_version``."""
+
+    experiment_key: str
+    arm_key: str
+    model_version: str
+    reason: Reason
+    config_checksum: str = ""
+
+    @property
+    def in_experiment(self) -> bool:
+        """True when the unit was randomized (reason SPLIT): only these are logged and analysed."""
+        return self.reason is Reason.SPLIT
+
+    def exposure(
+        self, unit_id: str, exposed_at: datetime, trace_id: str = "", span_id: str = ""
+    ) -> Exposure:
+        """The exposure row of this assignment (only meaningful when ``in_experiment``)."""
+        return Exposure(
+            self.experiment_key,
+            unit_id,
+            self.arm_key,
+            self.model_version,
+            self.config_checksum,
+            exposed_at,
+            trace_id,
+            span_id,
+        )
+
+
+def _prefix(seed: str) -> bytes:
+    return f"{seed}:".encode()
+
+
+class CompiledExperiment:
+    """An :class:`Experiment` with seeds encoded, thresholds computed and answers prebuilt."""
+
+    __slots__ = (
+        "_arm_prefix",
+        "_coverage",
+        "_coverage_prefix",
+        "_holdout",
+        "_holdout_prefix",
+        "_layer_end",
+        "_layer_prefix",
+        "_layer_start",
+        "_miss",
+        "_not_running",
+        "_overrides",
+        "_rollout",
+        "_split",
+        "_targeting",
+        "_thresholds",
+        "checksum",
+        "control",
+        "experiment",
+        "key",
+    )
+
+    def __init__(self, experiment: Experiment) -> None:
+        self.experiment = experiment
+        self.key = key = experiment.key
+        self.checksum = checksum = experiment.config_checksum
+        control = experiment.control
+        self._miss = {
+            reason: Assignment(key, control.key, control.model_version, reason) for reason in Reason
+        }
+        self.control = self._miss[Reason.EXPERIMENT_NOT_RUNNING]
+        self._split = tuple(
+            Assignment(key, a.key, a.model_version, Reason.SPLIT, checksum) for a in experiment.arms
+        )
+        # Arm i owns buckets in [cum[i-1], cum[i]); the last boundary admits everything.
+        cumulative = list(accumulate(a.weight for a in experiment.arms))
+        self._thresholds = tuple(below(c) for c in cumulative[:-1])
+        self._arm_prefix = _prefix(experiment.salt)
+        self._coverage = None if experiment.coverage >= 1.0 else below(experiment.coverage)
+        self._coverage_prefix = _prefix(coverage_seed(experiment.salt))
+        layer = experiment.layer
+        self._layer_prefix = b"" if layer is None else _prefix(layer_seed(layer.layer))
+        self._layer_start = b"" if layer is None else below(layer.start)
+        self._layer_end = b"" if layer is None else below(layer.end)
+        holdout = experiment.holdout
+        self._holdout = (
+            None if holdout is None or holdout.fraction <= 0 else below(holdout.fraction)
+        )
+        self._holdout_prefix = b"" if holdout is None else _prefix(holdout_seed(holdout.key))
+        self._targeting = compile_condition(experiment.targeting)
+        by_key = {a.key: a for a in experiment.arms}
+        self._overrides = {
+            unit: Assignment(key, arm, by_key[arm].model_version, Reason.OVERRIDE)
+            for unit, arm in experiment.overrides.items()
+        }
+        status = experiment.status
+        self._not_running = status in (ExperimentStatus.DRAFT, ExperimentStatus.PAUSED)
+        self._rollout: Assignment | None = None
+        if experiment.rollout_arm is not None:
+            arm = by_key[experiment.rollout_arm]
+            self._rollout = Assignment(key, arm.key, arm.model_version, Reason.CONCLUDED)
+
+    def assign(self, unit_id: str, attributes: Attributes = _NO_ATTRIBUTES) -> Assignment:
+        if self._not_running:
+            return self.control
+        targeting = self._targeting
+        if self._rollout is not None:
+            if targeting is not None and not targeting(attributes):
+                return self._miss[Reason.TARGETING_MISS]
+            return self._rollout
+        if self._overrides:
+            override = self._overrides.get(unit_id)
+            if override is not None:
+                return override
+        unit = unit_id.encode()
+        if self._holdout is not None and sha256(self._holdout_prefix + unit).digest() < (
+            self._holdout
+        ):
+            return self._miss[Reason.HOLDOUT]
+        if self._layer_prefix:
+            digest = sha256(self._layer_prefix + unit).digest()
+            if digest < self._layer_start or digest >= self._layer_end:
+                return self._miss[Reason.NOT_IN_LAYER]
+        if self._coverage is not None and (
+            sha256(self._coverage_prefix + unit).digest() >= self._coverage
+        ):
+            return self._miss[Reason.NOT_IN_COVERAGE]
+        if targeting is not None and not targeting(attributes):
+            return self._miss[Reason.TARGETING_MISS]
+        return self._split[bisect_right(self._thresholds, sha256(self._arm_prefix + unit).digest())]
+
+
+def assign(
+    experiment: Experiment | CompiledExperiment,
+    unit_id: str,
+    attributes: Attributes | None = None,
+) -> Assignment:
+    """Assign one unit to an arm of one experiment (compiles the experiment if needed)."""
+    compiled = (
+        experiment if isinstance(experiment, CompiledExperiment) else CompiledExperiment(experiment)
+    )
+    return compiled.assign(unit_id, _NO_ATTRIBUTES if attributes is None else attributes)
+
+
+class Catalog:
+    """Every experiment a server answers for, validated together and compiled once."""
+
+    __slots__ = ("_by_key", "_ordered", "experiments")
+
+    def __init__(self, experiments: Iterable[Experiment] = ()) -> None:
+        items = tuple(experiments)
+        validate_catalog(items)
+        self.experiments: tuple[Experiment, ...] = items
+        self._ordered = tuple(CompiledExperiment(e) for e in items)
+        self._by_key = {c.key: c for c in self._ordered}
+
+    def __len__(self) -> int:
+        return len(self._ordered)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_key
+
+    def get(self, key: str) -> CompiledExperiment:
+        try:
+            return self._by_key[key]
+        except KeyError:
+            raise NotFoundError(
+                f"experiment {key!r} is not known to this server; "
+                "check the key or apply the experiment first"
+            ) from None
+
+    def resolve(self, keys: Sequence[str] = ()) -> tuple[CompiledExperiment, ...]:
+        """The compiled experiments for ``keys`` (all of them when empty), in request order."""
+        if not keys:
+            return self._ordered
+        return tuple(self.get(k) for k in keys)
+
+    def assign(
+        self,
+        unit_id: str,
+        attributes: Attributes = _NO_ATTRIBUTES,
+        keys: Sequence[str] = (),
+    ) -> list[Assignment]:
+        """One assignment per requested experiment (all when ``keys`` is empty).
+
+        Unknown keys raise :class:`NotFoundError` before anything is assigned.
+        """
+        return [c.assign(unit_id, attributes) for c in self.resolve(keys)]

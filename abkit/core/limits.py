@@ -1,0 +1,109 @@
+"""Limits on what a request may carry, and the checks that enforce them.
+
+Every limit is here, documented once (README, "Limits"), and every check raises
+:class:`ValidationError` naming the field -- the gRPC edge turns that into INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Mapping
+
+from abkit.core.targeting import AttributeValue
+from abkit.errors import ValidationError
+
+MAX_UNIT_ID_BYTES = 256
+"""A unit id is 1..256 bytes of UTF-8 without control characters."""
+MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_NAME_LENGTH = 64
+MAX_ATTRIBUTE_STRING_BYTES = 1024
+MAX_EXPERIMENT_KEYS = 100
+MAX_BATCH = 1000
+"""Most units per AssignBatch call and events per TrackBatch call."""
+METRIC_PATTERN = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
+"""Metric names: lower case letter first, then letters, digits, '_' or '.', at most 64."""
+MAX_EVENT_ID_LENGTH = 64
+EVENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+
+
+def _has_control_characters(text: str) -> bool:
+    # Fast path: printable ASCII is the overwhelmingly common case.
+    if text.isascii():
+        return not text.isprintable()
+    return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text)
+
+
+def check_unit_id(unit_id: object, field: str = "unit_id") -> str:
+    if not isinstance(unit_id, str) or not unit_id:
+        raise ValidationError(field, "must be a non-empty string")
+    if len(unit_id) > MAX_UNIT_ID_BYTES or len(unit_id.encode("utf-8", "surrogatepass")) > (
+        MAX_UNIT_ID_BYTES
+    ):
+        raise ValidationError(field, f"must be at most {MAX_UNIT_ID_BYTES} bytes of UTF-8")
+    if _has_control_characters(unit_id):
+        raise ValidationError(field, "must not contain control characters or lone surrogates")
+    return unit_id
+
+
+def check_metric(metric: object, field: str = "metric") -> str:
+    if not isinstance(metric, str) or not METRIC_PATTERN.match(metric):
+        raise ValidationError(
+            field,
+            f"{metric!r} is not a metric name: use a lower-case letter, then up to 63 of "
+            "a-z, 0-9, '_' or '.'",
+        )
+    return metric
+
+
+def check_value(value: object, field: str = "value") -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(field, f"must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValidationError(field, f"must be a finite number, got {value!r}")
+    return number
+
+
+def check_event_id(event_id: object, field: str = "event_id") -> str:
+    if not isinstance(event_id, str) or not EVENT_ID_PATTERN.match(event_id):
+        raise ValidationError(
+            field, "must be 1-64 characters of A-Z, a-z, 0-9, '_', '.', ':' or '-'"
+        )
+    return event_id
+
+
+def check_attributes(
+    attributes: Mapping[str, AttributeValue], field: str = "attributes"
+) -> Mapping[str, AttributeValue]:
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise ValidationError(field, f"at most {MAX_ATTRIBUTES} attributes, got {len(attributes)}")
+    for name, value in attributes.items():
+        where = f"{field}[{name[:MAX_ATTRIBUTE_NAME_LENGTH]!r}]"
+        if not name or len(name) > MAX_ATTRIBUTE_NAME_LENGTH or _has_control_characters(name):
+            raise ValidationError(
+                where,
+                f"attribute names are 1-{MAX_ATTRIBUTE_NAME_LENGTH} characters without control "
+                "characters",
+            )
+        if isinstance(value, str):
+            if len(value.encode("utf-8", "surrogatepass")) > MAX_ATTRIBUTE_STRING_BYTES:
+                raise ValidationError(
+                    where, f"string values are at most {MAX_ATTRIBUTE_STRING_BYTES} bytes"
+                )
+        elif isinstance(value, bool):
+            pass
+        elif isinstance(value, int | float):
+            if not math.isfinite(value):
+                raise ValidationError(where, f"numbers must be finite, got {value!r}")
+        else:
+            raise ValidationError(where, "must be a string, a number or a boolean")
+    return attributes
+
+
+def check_batch(size: int, field: str) -> None:
+    if size == 0:
+        raise ValidationError(field, "must not be empty")
+    if size > MAX_BATCH:
+        raise ValidationError(field, f"at most {MAX_BATCH} items per call, got {size}")
