@@ -1,0 +1,179 @@
+"""The interfaces the services need, as ``typing.Protocol`` s.
+
+Two implementations of the store exist: :mod:`abkit.store.sql` (SQLite, PostgreSQL) and the
+in-memory twin :mod:`abkit.store.memory`. One conformance suite (``tests/integration/
+test_store_conformance.py``) runs against all of them, so the twin cannot drift from the real
+thing.
+
+All store access goes through a unit of work: ``with store.transaction() as tx:`` gives
+repositories bound to one database transaction, committed on success and rolled back on any
+exception. Revisions make experiment updates optimistic: a save that expects revision 3 fails
+with :class:`~abkit.errors.ConflictError` if someone else saved revision 4 first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from abkit.core.assignment import Exposure
+from abkit.core.model import Event, Experiment
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentRecord:
+    """An experiment as stored: the config plus its bookkeeping."""
+
+    experiment: Experiment
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    concluded_at: datetime | None = None
+    policy: Mapping[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        return self.experiment.key
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """One entry of the audit trail (automatic decisions and manual actions alike)."""
+
+    experiment_key: str
+    action: str
+    reason: str
+    actor: str
+    config_checksum: str
+    decided_at: datetime
+    arm_key: str | None = None
+    snapshot: Mapping[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """A version of a model in the registry. ``status``: candidate, live, previous or retired."""
+
+    model: str
+    version: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    experiment_key: str | None = None
+
+
+class ExperimentRepository(Protocol):
+    def find(self, key: str) -> ExperimentRecord | None: ...
+
+    def get(self, key: str) -> ExperimentRecord:
+        """The record, or :class:`~abkit.errors.NotFoundError`."""
+        ...
+
+    def list(self) -> list[ExperimentRecord]:
+        """Every experiment, ordered by key."""
+        ...
+
+    def save(self, record: ExperimentRecord, *, expected_revision: int | None) -> ExperimentRecord:
+        """Create (``expected_revision=None``) or replace an experiment.
+
+        Returns the stored record with ``revision`` advanced by one. Raises
+        :class:`~abkit.errors.ConflictError` when the key exists on create, or when the stored
+        revision is not ``expected_revision`` on update.
+        """
+        ...
+
+
+class ExposureRepository(Protocol):
+    def add(self, exposures: Sequence[Exposure]) -> int:
+        """Insert first exposures; an (experiment, unit) already present is kept as it is.
+
+        Returns how many rows were new.
+        """
+        ...
+
+    def get(self, experiment_key: str, unit_id: str) -> Exposure | None: ...
+
+    def counts(self, experiment_key: str) -> dict[str, int]:
+        """Exposed units per arm."""
+        ...
+
+
+class EventRepository(Protocol):
+    def add(self, events: Sequence[Event]) -> int:
+        """Insert events; an ``event_id`` already present is skipped. Returns how many were new."""
+        ...
+
+    def get(self, event_id: str) -> Event | None: ...
+
+    def count(self, metric: str | None = None) -> int: ...
+
+
+class DecisionRepository(Protocol):
+    def add(self, decision: DecisionRecord) -> DecisionRecord:
+        """Append to the audit trail; returns the record with its id."""
+        ...
+
+    def list(self, experiment_key: str) -> list[DecisionRecord]:
+        """The experiment's decisions, oldest first."""
+        ...
+
+
+class ModelRegistry(Protocol):
+    def register(
+        self, model: str, version: str, *, now: datetime, experiment_key: str | None = None
+    ) -> ModelVersion:
+        """Add a version as a candidate if it is unknown; return it as stored."""
+        ...
+
+    def set_status(
+        self, model: str, version: str, status: str, *, now: datetime
+    ) -> ModelVersion: ...
+
+    def versions(self, model: str | None = None) -> list[ModelVersion]: ...
+
+    def live(self, model: str) -> ModelVersion | None: ...
+
+
+class Transaction(Protocol):
+    """Repositories bound to one transaction."""
+
+    @property
+    def experiments(self) -> ExperimentRepository: ...
+
+    @property
+    def exposures(self) -> ExposureRepository: ...
+
+    @property
+    def events(self) -> EventRepository: ...
+
+    @property
+    def decisions(self) -> DecisionRepository: ...
+
+    @property
+    def models(self) -> ModelRegistry: ...
+
+
+class Store(Protocol):
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """A unit of work: commit on success, roll back on exception.
+
+        Raises :class:`~abkit.errors.StoreUnavailableError` when the database cannot be reached.
+        """
+        ...
+
+    def ping(self) -> None:
+        """Raise :class:`~abkit.errors.StoreUnavailableError` unless the store answers."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware (UTC)."""
+        ...

@@ -1,0 +1,1 @@
+"""The SQL store adapter (SQLite, PostgreSQL) and its in-memory twin (``abkit.store.memory``)."""

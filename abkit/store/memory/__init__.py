@@ -1,0 +1,210 @@
+"""The in-memory twin of the SQL store, for fast tests of the services.
+
+It keeps the same contract as :mod:`abkit.store.sql` -- the conformance suite runs against both --
+including transactions: a unit of work holds the store's lock and works on copies, which replace
+the originals only on commit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from abkit.core.assignment import Exposure
+from abkit.core.model import Event
+from abkit.errors import ConflictError, NotFoundError, StoreUnavailableError
+from abkit.ports import DecisionRecord, ExperimentRecord, ModelVersion
+
+
+@dataclass
+class _State:
+    experiments: dict[str, ExperimentRecord] = field(default_factory=dict)
+    holdouts: dict[str, float] = field(default_factory=dict)
+    exposures: dict[tuple[str, str], Exposure] = field(default_factory=dict)
+    events: dict[str, Event] = field(default_factory=dict)
+    decisions: list[DecisionRecord] = field(default_factory=list)
+    models: dict[tuple[str, str], ModelVersion] = field(default_factory=dict)
+
+    def copy(self) -> _State:
+        return _State(
+            dict(self.experiments),
+            dict(self.holdouts),
+            dict(self.exposures),
+            dict(self.events),
+            list(self.decisions),
+            dict(self.models),
+        )
+
+
+class MemoryExperiments:
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    def find(self, key: str) -> ExperimentRecord | None:
+        return self._s.experiments.get(key)
+
+    def get(self, key: str) -> ExperimentRecord:
+        record = self.find(key)
+        if record is None:
+            raise NotFoundError(
+                f"experiment {key!r} does not exist; `abkit experiment list` shows them"
+            )
+        return record
+
+    def list(self) -> list[ExperimentRecord]:
+        return [self._s.experiments[k] for k in sorted(self._s.experiments)]
+
+    def save(self, record: ExperimentRecord, *, expected_revision: int | None) -> ExperimentRecord:
+        key = record.experiment.key
+        current = self._s.experiments.get(key)
+        if expected_revision is None and current is not None:
+            raise ConflictError(f"experiment {key!r} already exists; apply it again to update it")
+        if expected_revision is not None and (
+            current is None or current.revision != expected_revision
+        ):
+            raise ConflictError(
+                f"experiment {key!r} was changed concurrently (expected revision "
+                f"{expected_revision}); reload it and try again"
+            )
+        holdout = record.experiment.holdout
+        if holdout is not None:
+            stored = self._s.holdouts.setdefault(holdout.key, holdout.fraction)
+            if stored != holdout.fraction:
+                raise ConflictError(
+                    f"holdout {holdout.key!r} already holds out {stored:g} of units; use that "
+                    f"fraction or a new holdout key (this experiment asks {holdout.fraction:g})"
+                )
+        saved = replace(record, revision=1 if expected_revision is None else expected_revision + 1)
+        self._s.experiments[key] = saved
+        return saved
+
+
+class MemoryExposures:
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    def add(self, exposures: Sequence[Exposure]) -> int:
+        new = 0
+        for e in exposures:
+            if (e.experiment_key, e.unit_id) not in self._s.exposures:
+                self._s.exposures[(e.experiment_key, e.unit_id)] = e
+                new += 1
+        return new
+
+    def get(self, experiment_key: str, unit_id: str) -> Exposure | None:
+        return self._s.exposures.get((experiment_key, unit_id))
+
+    def counts(self, experiment_key: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for (key, _unit), e in self._s.exposures.items():
+            if key == experiment_key:
+                counts[e.arm_key] = counts.get(e.arm_key, 0) + 1
+        return counts
+
+
+class MemoryEvents:
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    def add(self, events: Sequence[Event]) -> int:
+        new = 0
+        for e in events:
+            if e.event_id not in self._s.events:
+                self._s.events[e.event_id] = e
+                new += 1
+        return new
+
+    def get(self, event_id: str) -> Event | None:
+        return self._s.events.get(event_id)
+
+    def count(self, metric: str | None = None) -> int:
+        if metric is None:
+            return len(self._s.events)
+        return sum(1 for e in self._s.events.values() if e.metric == metric)
+
+
+class MemoryDecisions:
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    def add(self, decision: DecisionRecord) -> DecisionRecord:
+        if decision.experiment_key not in self._s.experiments:
+            raise NotFoundError(f"experiment {decision.experiment_key!r} does not exist")
+        stored = replace(decision, id=len(self._s.decisions) + 1)
+        self._s.decisions.append(stored)
+        return stored
+
+    def list(self, experiment_key: str) -> list[DecisionRecord]:
+        found = [d for d in self._s.decisions if d.experiment_key == experiment_key]
+        return sorted(found, key=lambda d: (d.decided_at, d.id or 0))
+
+
+class MemoryModels:
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    def register(
+        self, model: str, version: str, *, now: datetime, experiment_key: str | None = None
+    ) -> ModelVersion:
+        return self._s.models.setdefault(
+            (model, version),
+            ModelVersion(model, version, "candidate", now, now, experiment_key),
+        )
+
+    def set_status(self, model: str, version: str, status: str, *, now: datetime) -> ModelVersion:
+        current = self._s.models.get((model, version))
+        if current is None:
+            raise NotFoundError(f"model {model!r} has no version {version!r} in the registry")
+        if status == "live":
+            other = self.live(model)
+            if other is not None and other.version != version:
+                raise ConflictError(f"model {model!r} already has a live version {other.version!r}")
+        updated = replace(current, status=status, updated_at=now)
+        self._s.models[(model, version)] = updated
+        return updated
+
+    def versions(self, model: str | None = None) -> list[ModelVersion]:
+        found = [v for v in self._s.models.values() if model is None or v.model == model]
+        return sorted(found, key=lambda v: (v.model, v.created_at, v.version))
+
+    def live(self, model: str) -> ModelVersion | None:
+        return next(
+            (v for v in self._s.models.values() if v.model == model and v.status == "live"), None
+        )
+
+
+class MemoryTransaction:
+    def __init__(self, state: _State) -> None:
+        self.state = state
+        self.experiments = MemoryExperiments(state)
+        self.exposures = MemoryExposures(state)
+        self.events = MemoryEvents(state)
+        self.decisions = MemoryDecisions(state)
+        self.models = MemoryModels(state)
+
+
+class MemoryStore:
+    """In-memory store. ``available = False`` simulates an outage (every call fails)."""
+
+    def __init__(self) -> None:
+        self._state = _State()
+        self._lock = threading.RLock()
+        self.available = True
+
+    @contextmanager
+    def transaction(self) -> Iterator[MemoryTransaction]:
+        self.ping()
+        with self._lock:
+            working = self._state.copy()
+            yield MemoryTransaction(working)
+            self._state = working
+
+    def ping(self) -> None:
+        if not self.available:
+            raise StoreUnavailableError("the in-memory store is marked unavailable")
+
+    def close(self) -> None:
+        pass

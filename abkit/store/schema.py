@@ -1,0 +1,237 @@
+"""The SQL schema, as SQLAlchemy 2 typed models.
+
+Alembic migrations in ``migrations/`` create exactly this schema (a test compares them). The
+high-volume fact tables -- ``exposures`` and ``events`` -- carry no foreign keys on purpose: they
+are written in large batches off the request path, and rows for an experiment are only ever
+inserted by a server that has that experiment in its config.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+KEY = 64
+UNIT = 256
+CHECKSUM = 16
+TRACE_ID = 32
+SPAN_ID = 16
+
+EXPERIMENT_STATUSES = ("draft", "running", "paused", "concluded")
+MODEL_VERSION_STATUSES = ("candidate", "live", "previous", "retired")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zone type, so values are stored as naive
+    UTC text (``YYYY-MM-DD HH:MM:SS.ffffff``, which sorts and compares correctly) and come back
+    marked UTC. Naive datetimes are refused: a silently local time is a wrong exposure order.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; pass an aware datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON().with_variant(JSONB(), "postgresql"),
+    }
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class LayerRow(Base):
+    __tablename__ = "layers"
+
+    key: Mapped[str] = mapped_column(String(KEY), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+
+
+class HoldoutRow(Base):
+    __tablename__ = "holdouts"
+
+    key: Mapped[str] = mapped_column(String(KEY), primary_key=True)
+    fraction: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime]
+
+    __table_args__ = (CheckConstraint("fraction >= 0 AND fraction <= 1", name="fraction"),)
+
+
+class ExperimentRow(Base):
+    __tablename__ = "experiments"
+
+    key: Mapped[str] = mapped_column(String(KEY), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    model: Mapped[str] = mapped_column(String(KEY), default="")
+    status: Mapped[str] = mapped_column(String(16))
+    salt: Mapped[str] = mapped_column(String(128))
+    hash_version: Mapped[int] = mapped_column(Integer)
+    coverage: Mapped[float] = mapped_column(Float)
+    layer_key: Mapped[str | None] = mapped_column(ForeignKey("layers.key"))
+    layer_start: Mapped[float | None] = mapped_column(Float)
+    layer_end: Mapped[float | None] = mapped_column(Float)
+    holdout_key: Mapped[str | None] = mapped_column(ForeignKey("holdouts.key"))
+    targeting: Mapped[dict[str, Any] | None]
+    overrides: Mapped[dict[str, Any]]
+    policy: Mapped[dict[str, Any] | None]
+    rollout_arm: Mapped[str | None] = mapped_column(String(KEY))
+    config_checksum: Mapped[str] = mapped_column(String(CHECKSUM))
+    revision: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    concluded_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(_in("status", EXPERIMENT_STATUSES), name="status"),
+        CheckConstraint("coverage >= 0 AND coverage <= 1", name="coverage"),
+        CheckConstraint(
+            "(layer_key IS NULL) = (layer_start IS NULL) AND "
+            "(layer_key IS NULL) = (layer_end IS NULL)",
+            name="layer_complete",
+        ),
+        CheckConstraint(
+            "(status = 'concluded') = (rollout_arm IS NOT NULL)", name="rollout_when_concluded"
+        ),
+    )
+
+
+class ArmRow(Base):
+    __tablename__ = "arms"
+
+    experiment_key: Mapped[str] = mapped_column(
+        ForeignKey("experiments.key", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(KEY), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[str] = mapped_column(String(128))
+    weight: Mapped[float] = mapped_column(Float)
+    is_control: Mapped[bool] = mapped_column(Boolean)
+
+    __table_args__ = (CheckConstraint("weight > 0 AND weight <= 1", name="weight"),)
+
+
+class ExposureRow(Base):
+    """First exposure of a unit to an experiment: one row per (experiment, unit), ever."""
+
+    __tablename__ = "exposures"
+
+    experiment_key: Mapped[str] = mapped_column(String(KEY), primary_key=True)
+    unit_id: Mapped[str] = mapped_column(String(UNIT), primary_key=True)
+    arm_key: Mapped[str] = mapped_column(String(KEY))
+    model_version: Mapped[str] = mapped_column(String(128))
+    config_checksum: Mapped[str] = mapped_column(String(CHECKSUM))
+    exposed_at: Mapped[datetime]
+    trace_id: Mapped[str] = mapped_column(String(TRACE_ID), default="")
+    span_id: Mapped[str] = mapped_column(String(SPAN_ID), default="")
+
+
+class EventRow(Base):
+    """A business KPI event. ``event_id`` makes writes idempotent (retries, spool replays)."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    unit_id: Mapped[str] = mapped_column(String(UNIT))
+    metric: Mapped[str] = mapped_column(String(KEY))
+    value: Mapped[float] = mapped_column(Float)
+    occurred_at: Mapped[datetime]
+    trace_id: Mapped[str] = mapped_column(String(TRACE_ID), default="")
+    span_id: Mapped[str] = mapped_column(String(SPAN_ID), default="")
+
+    __table_args__ = (Index("ix_events_metric_unit_time", "metric", "unit_id", "occurred_at"),)
+
+
+class DecisionRow(Base):
+    """The audit trail: every decision, automatic or manual, with the numbers behind it."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    experiment_key: Mapped[str] = mapped_column(ForeignKey("experiments.key"))
+    action: Mapped[str] = mapped_column(String(32))
+    arm_key: Mapped[str | None] = mapped_column(String(KEY))
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(200))
+    config_checksum: Mapped[str] = mapped_column(String(CHECKSUM))
+    snapshot: Mapped[dict[str, Any]]
+    decided_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_decisions_experiment_time", "experiment_key", "decided_at"),)
+
+
+class ModelVersionRow(Base):
+    """The model registry: which version of each model is live (at most one per model)."""
+
+    __tablename__ = "model_versions"
+
+    model: Mapped[str] = mapped_column(String(KEY), primary_key=True)
+    version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    experiment_key: Mapped[str | None] = mapped_column(String(KEY))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        CheckConstraint(_in("status", MODEL_VERSION_STATUSES), name="status"),
+        Index(
+            "uq_model_versions_one_live",
+            "model",
+            unique=True,
+            sqlite_where=text("status = 'live'"),
+            postgresql_where=text("status = 'live'"),
+        ),
+    )

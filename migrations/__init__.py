@@ -1,0 +1,1 @@
+"""Alembic migrations of the abkit schema (shipped in the wheel as ``abkit.migrations``)."""

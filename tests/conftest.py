@@ -1,0 +1,115 @@
+"""Shared fixtures: stores on every backend, a real PostgreSQL database per test session.
+
+PostgreSQL comes from ``ABKIT_TEST_POSTGRES_URL`` (default: the local server,
+``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``). Each session creates its own
+database and drops it at the end; tables are emptied between tests. When PostgreSQL cannot be
+reached, its tests are *skipped with the reason shown* -- unless ``ABKIT_REQUIRE_POSTGRES=1``
+(set by ``.ci/run``), in which case they fail: CI must never go green without PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from abkit.store import migrate
+from abkit.store.engine import create_store_engine
+from abkit.store.memory import MemoryStore
+from abkit.store.schema import Base
+from abkit.store.sql import SqlStore
+
+DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+BACKENDS = ("memory", "sqlite", "postgresql")
+SQL_BACKENDS = ("sqlite", "postgresql")
+
+
+def _require_postgres() -> bool:
+    return os.environ.get("ABKIT_REQUIRE_POSTGRES", "") == "1"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    return os.environ.get("ABKIT_TEST_POSTGRES_URL", DEFAULT_PG_ADMIN_URL)
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session; its URL."""
+    admin = create_store_engine(pg_admin_url, isolation_level="AUTOCOMMIT", pool_size=1)
+    name = f"abkit_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        message = f"PostgreSQL unreachable at {pg_admin_url}: {str(exc).splitlines()[0]}"
+        if _require_postgres():
+            pytest.fail(f"{message} (ABKIT_REQUIRE_POSTGRES=1)")
+        pytest.skip(message)
+    url = str(
+        sa.engine.make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+    )
+    engine = create_store_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test (migrating every time would be slow)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    engine = create_store_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    engine.dispose()  # closing the last connection checkpoints the WAL into the file
+    assert not path.with_name(path.name + "-wal").exists()
+    return path
+
+
+def _empty_tables(url: str) -> None:
+    engine = create_store_engine(url)
+    with engine.begin() as conn:
+        names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    path = tmp_path / "abkit.db"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    _empty_tables(pg_database)
+    return pg_database
+
+
+@pytest.fixture(params=SQL_BACKENDS)
+def sql_url(request: pytest.FixtureRequest) -> str:
+    """A migrated, empty database URL on each SQL backend."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest) -> Iterator[MemoryStore | SqlStore]:
+    """An empty store on each backend: the in-memory twin, SQLite and PostgreSQL."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    sql = SqlStore.from_url(str(request.getfixturevalue(fixture)))
+    yield sql
+    sql.close()

@@ -1,0 +1,199 @@
+"""One contract, three stores: the in-memory twin, SQLite and PostgreSQL must agree."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from abkit.core.assignment import Exposure
+from abkit.core.model import Event, ExperimentStatus
+from abkit.core.spec import experiment_from_dict
+from abkit.errors import ConflictError, NotFoundError
+from abkit.ports import DecisionRecord, ExperimentRecord, Store
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+DOC = {
+    "key": "ranker-v2",
+    "name": "Ränker «v2» <b>",
+    "model": "ranker",
+    "coverage": 0.5,
+    "layer": {"key": "ranking", "start": 0.0, "end": 0.5},
+    "holdout": {"key": "global", "fraction": 0.05},
+    "targeting": {"all": [{"attr": "country", "in": ["US", "CA"]}, {"attr": "age", "gte": 18}]},
+    "overrides": {"qa-1": "treatment"},
+    "arms": [
+        {"key": "control", "model_version": "ranker-v1", "weight": 0.5, "control": True},
+        {"key": "treatment", "model_version": "ranker-v2", "weight": 0.5},
+    ],
+}
+
+
+def record(doc: dict[str, object] = DOC, **kwargs: object) -> ExperimentRecord:
+    return ExperimentRecord(
+        experiment_from_dict(doc),
+        revision=0,
+        created_at=T0,
+        updated_at=T0,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_experiment_round_trip(store: Store) -> None:
+    with store.transaction() as tx:
+        saved = tx.experiments.save(record(policy={"alpha": 0.05}), expected_revision=None)
+    assert saved.revision == 1
+    with store.transaction() as tx:
+        loaded = tx.experiments.get("ranker-v2")
+        assert tx.experiments.find("nope") is None
+        assert [r.key for r in tx.experiments.list()] == ["ranker-v2"]
+    assert loaded == saved
+    assert loaded.experiment.config_checksum == saved.experiment.config_checksum
+    assert loaded.created_at == T0 and loaded.created_at.tzinfo is not None
+    assert loaded.policy == {"alpha": 0.05}
+
+
+def test_create_twice_conflicts(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.experiments.save(record(), expected_revision=None)
+    with pytest.raises(ConflictError, match="already exists"), store.transaction() as tx:
+        tx.experiments.save(record(), expected_revision=None)
+
+
+def test_update_is_optimistic(store: Store) -> None:
+    with store.transaction() as tx:
+        first = tx.experiments.save(record(), expected_revision=None)
+    running = replace(first, experiment=replace(first.experiment, status=ExperimentStatus.RUNNING))
+    with store.transaction() as tx:
+        second = tx.experiments.save(running, expected_revision=1)
+    assert second.revision == 2
+    with pytest.raises(ConflictError, match="changed concurrently"), store.transaction() as tx:
+        tx.experiments.save(running, expected_revision=1)
+    with store.transaction() as tx:
+        assert tx.experiments.get("ranker-v2").experiment.status is ExperimentStatus.RUNNING
+
+
+def test_get_unknown_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFoundError, match="'nope'"), store.transaction() as tx:
+        tx.experiments.get("nope")
+
+
+def test_failed_transaction_rolls_back(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.experiments.save(record(), expected_revision=None)
+        raise RuntimeError("boom")
+    with store.transaction() as tx:
+        assert tx.experiments.list() == []
+
+
+def test_holdout_has_one_fraction(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.experiments.save(record(), expected_revision=None)
+    other = {**DOC, "key": "other", "layer": None, "holdout": {"key": "global", "fraction": 0.2}}
+    with pytest.raises(ConflictError, match="holdout 'global'"), store.transaction() as tx:
+        tx.experiments.save(record(other), expected_revision=None)
+
+
+def _exposure(unit: str, arm: str = "control", at: datetime = T0, trace: str = "") -> Exposure:
+    return Exposure("ranker-v2", unit, arm, f"m-{arm}", "0123456789abcdef", at, trace, "")
+
+
+def test_first_exposure_wins(store: Store) -> None:
+    with store.transaction() as tx:
+        assert (
+            tx.exposures.add([_exposure("u1", trace="a" * 32), _exposure("u2", "treatment")]) == 2
+        )
+    with store.transaction() as tx:
+        # A later exposure of u1, even in the same batch as a new unit, keeps the first row.
+        assert (
+            tx.exposures.add(
+                [_exposure("u1", "treatment", T0 + timedelta(hours=1)), _exposure("u3")]
+            )
+            == 1
+        )
+        assert tx.exposures.add([]) == 0
+    with store.transaction() as tx:
+        first = tx.exposures.get("ranker-v2", "u1")
+        assert tx.exposures.get("ranker-v2", "nobody") is None
+        assert tx.exposures.counts("ranker-v2") == {"control": 2, "treatment": 1}
+        assert tx.exposures.counts("other") == {}
+    assert first == _exposure("u1", trace="a" * 32)
+
+
+def test_unicode_and_long_unit_ids_survive(store: Store) -> None:
+    units = ["用户-十七", "👩‍💻", "x" * 256, "quote'\"", "<script>"]
+    with store.transaction() as tx:
+        assert tx.exposures.add([_exposure(u) for u in units]) == len(units)
+    with store.transaction() as tx:
+        for u in units:
+            found = tx.exposures.get("ranker-v2", u)
+            assert found is not None and found.unit_id == u
+
+
+def test_events_are_idempotent_by_event_id(store: Store) -> None:
+    events = [
+        Event(f"e{i}", f"u{i % 3}", "conversion", float(i), T0 + timedelta(seconds=i))
+        for i in range(10)
+    ]
+    with store.transaction() as tx:
+        assert tx.events.add(events) == 10
+    with store.transaction() as tx:
+        assert tx.events.add([*events[5:], Event("e10", "u1", "revenue", 2.5, T0)]) == 1
+    with store.transaction() as tx:
+        assert tx.events.count() == 11
+        assert tx.events.count("conversion") == 10
+        assert tx.events.get("e3") == events[3]
+        assert tx.events.get("missing") is None
+
+
+def test_decisions_are_an_ordered_audit_trail(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.experiments.save(record(), expected_revision=None)
+        a = tx.decisions.add(
+            DecisionRecord("ranker-v2", "start", "started by ada", "ada", "c" * 16, T0)
+        )
+        b = tx.decisions.add(
+            DecisionRecord(
+                "ranker-v2",
+                "promote",
+                "v2 wins",
+                "worker",
+                "c" * 16,
+                T0 + timedelta(1),
+                "treatment",
+                {"n": [1, 2]},
+            )
+        )
+    assert a.id is not None and b.id is not None and b.id > a.id
+    with store.transaction() as tx:
+        history = tx.decisions.list("ranker-v2")
+    assert [d.action for d in history] == ["start", "promote"]
+    assert history[1].snapshot == {"n": [1, 2]} and history[1].arm_key == "treatment"
+
+
+def test_model_registry_has_at_most_one_live_version(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.models.register("ranker", "v1", now=T0)
+        tx.models.register(
+            "ranker", "v2", now=T0 + timedelta(seconds=1), experiment_key="ranker-v2"
+        )
+        again = tx.models.register("ranker", "v1", now=T0 + timedelta(days=1))
+        assert again.created_at == T0  # registering twice keeps the original
+        tx.models.set_status("ranker", "v1", "live", now=T0)
+        assert tx.models.live("ranker") is not None
+    with pytest.raises(ConflictError), store.transaction() as tx:
+        tx.models.set_status("ranker", "v2", "live", now=T0)
+    with store.transaction() as tx:
+        live = tx.models.live("ranker")
+        assert live is not None and live.version == "v1"
+        tx.models.set_status("ranker", "v1", "previous", now=T0)
+        tx.models.set_status("ranker", "v2", "live", now=T0)
+        assert [(v.version, v.status) for v in tx.models.versions("ranker")] == [
+            ("v1", "previous"),
+            ("v2", "live"),
+        ]
+        assert tx.models.live("other") is None
+    with pytest.raises(NotFoundError), store.transaction() as tx:
+        tx.models.set_status("ranker", "v9", "live", now=T0)
