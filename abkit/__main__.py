@@ -1,0 +1,3 @@
+from abkit.cli import main
+
+main(prog_name="abkit")

@@ -1,0 +1,353 @@
+"""The ``abkit`` command.
+
+Exit codes, for pipelines: 0 success; 1 unexpected failure; 2 invalid input (bad file, bad
+argument); 3 not found; 4 refused by the current state (e.g. changing a running experiment);
+5 store unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import click
+
+from abkit import __version__
+from abkit.config import Settings
+from abkit.core.spec import experiment_to_dict
+from abkit.errors import (
+    AbkitError,
+    ConflictError,
+    NotFoundError,
+    StoreUnavailableError,
+    ValidationError,
+)
+from abkit.ports import ExperimentRecord
+
+EXIT_CODES: tuple[tuple[type[AbkitError], int], ...] = (
+    (ValidationError, 2),
+    (NotFoundError, 3),
+    (ConflictError, 4),
+    (StoreUnavailableError, 5),
+)
+
+log = logging.getLogger("abkit")
+
+
+def _fail(exc: AbkitError) -> NoReturn:
+    click.echo(f"error: {exc}", err=True)
+    code = next((c for kind, c in EXIT_CODES if isinstance(exc, kind)), 1)
+    sys.exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except AbkitError as exc:
+        _fail(exc)
+
+
+class Context:
+    """Lazily built pieces shared by the subcommands."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def runtime(self) -> Any:
+        from abkit.runtime import Runtime
+
+        return Runtime.from_settings(self.settings)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="abkit")
+@click.option(
+    "--database-url",
+    metavar="URL",
+    help="Store URL (overrides ABKIT_DATABASE_URL; default sqlite:///abkit.db).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+@click.pass_context
+def main(click_ctx: click.Context, database_url: str | None, verbose: bool) -> None:
+    """abkit: A/B tests of ML model versions, from assignment to automatic promotion."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    with _errors():
+        settings = Settings.from_env()
+        if database_url:
+            settings = Settings(**{**_asdict(settings), "database_url": database_url})
+    click_ctx.obj = Context(settings)
+
+
+def _asdict(settings: Settings) -> dict[str, Any]:
+    from dataclasses import fields
+
+    return {f.name: getattr(settings, f.name) for f in fields(settings)}
+
+
+# -- db ----------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@pass_ctx
+def db_upgrade(ctx: Context, revision: str) -> None:
+    """Create or migrate the schema (safe to run repeatedly)."""
+    from abkit.store import migrate
+    from abkit.store.engine import create_store_engine
+
+    with _errors():
+        engine = create_store_engine(ctx.settings.database_url)
+        try:
+            migrate.upgrade(engine, revision)
+            click.echo(f"database at revision {migrate.current_revision(engine)}")
+        except Exception as exc:
+            raise StoreUnavailableError(f"migration failed: {exc}") from exc
+        finally:
+            engine.dispose()
+
+
+# -- experiment --------------------------------------------------------------------------------
+
+
+@main.group()
+def experiment() -> None:
+    """Declare, inspect, start and pause experiments."""
+
+
+@experiment.command("apply")
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Experiment YAML/JSON file.",
+)
+@click.option("--start", is_flag=True, help="Start it (a new or draft experiment) right away.")
+@pass_ctx
+def experiment_apply(ctx: Context, path: str, start: bool) -> None:
+    """Create or update an experiment from a file (idempotent)."""
+    from abkit.specfile import load_experiment_file
+
+    with _errors():
+        spec = load_experiment_file(path)
+        runtime = ctx.runtime()
+        try:
+            result = runtime.experiments.apply(
+                spec.experiment, actor=ctx.settings.actor, policy=spec.policy, start=start
+            )
+        finally:
+            runtime.store.close()
+    exp = result.record.experiment
+    detail = f" ({', '.join(result.changed)})" if result.changed else ""
+    click.echo(
+        f"experiment {exp.key} {result.outcome}{detail}; "
+        f"status {exp.status}, revision {result.record.revision}"
+    )
+
+
+@experiment.command("list")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@pass_ctx
+def experiment_list(ctx: Context, fmt: str) -> None:
+    """All experiments with their status and units per arm."""
+    with _errors():
+        runtime = ctx.runtime()
+        try:
+            records = runtime.experiments.list()
+            counts = {r.key: runtime.experiments.exposure_counts(r.key) for r in records}
+        finally:
+            runtime.store.close()
+    if fmt == "json":
+        click.echo(json.dumps([_record_json(r, counts[r.key]) for r in records], indent=2))
+        return
+    if not records:
+        click.echo("no experiments yet: abkit experiment apply -f FILE.yaml")
+        return
+    rows = [("KEY", "STATUS", "MODEL", "ARMS (version, weight, units)")]
+    for r in records:
+        e = r.experiment
+        arms = ", ".join(
+            f"{a.key}={a.model_version} {a.weight:g} n={counts[r.key].get(a.key, 0)}"
+            for a in e.arms
+        )
+        rows.append((e.key, str(e.status), e.model, arms))
+    _print_table(rows)
+
+
+@experiment.command("show")
+@click.argument("key")
+@click.option(
+    "--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True
+)
+@pass_ctx
+def experiment_show(ctx: Context, key: str, fmt: str) -> None:
+    """One experiment: its config, status and units per arm."""
+    import yaml
+
+    with _errors():
+        runtime = ctx.runtime()
+        try:
+            record = runtime.experiments.get(key)
+            counts = runtime.experiments.exposure_counts(key)
+        finally:
+            runtime.store.close()
+    doc = _record_json(record, counts)
+    if fmt == "json":
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).rstrip())
+
+
+def _status_command(name: str, verb: str) -> Callable[..., None]:
+    @experiment.command(name)
+    @click.argument("key")
+    @pass_ctx
+    def command(ctx: Context, key: str) -> None:
+        with _errors():
+            runtime = ctx.runtime()
+            try:
+                record = getattr(runtime.experiments, verb)(key, actor=ctx.settings.actor)
+            finally:
+                runtime.store.close()
+        click.echo(f"experiment {key} is {record.experiment.status}")
+
+    command.__doc__ = {
+        "start": "Start a draft experiment (or resume a paused one).",
+        "pause": "Pause: everyone gets control, nothing is logged; resume with start.",
+        "resume": "Resume a paused experiment.",
+    }[name]
+    return command
+
+
+_status_command("start", "start")
+_status_command("pause", "pause")
+_status_command("resume", "start")
+
+
+def _record_json(record: ExperimentRecord, counts: dict[str, int]) -> dict[str, Any]:
+    doc = experiment_to_dict(record.experiment)
+    doc.update(
+        status=str(record.experiment.status),
+        rollout_arm=record.experiment.rollout_arm,
+        config_checksum=record.experiment.config_checksum,
+        revision=record.revision,
+        created_at=record.created_at.isoformat(),
+        updated_at=record.updated_at.isoformat(),
+        started_at=record.started_at.isoformat() if record.started_at else None,
+        concluded_at=record.concluded_at.isoformat() if record.concluded_at else None,
+        units=counts,
+    )
+    return doc
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+# -- servers -----------------------------------------------------------------------------------
+
+
+def _run_grpc(ctx: Context, address: str | None) -> None:
+    from abkit import telemetry
+    from abkit.rpc import build_server
+
+    with _errors():
+        tel = telemetry.configure(ctx.settings, "abkit-grpc")
+        runtime = ctx.runtime()
+        runtime.start()
+        if not runtime.config.loaded:
+            log.warning(
+                "experiment config not loaded yet (%s); retrying in the background",
+                runtime.config.last_error,
+            )
+        server = build_server(ctx.settings, runtime, tel, address=address)
+        server.start()
+    click.echo(
+        f"abkit gRPC listening on {address or ctx.settings.grpc_address} (port {server.port})"
+    )
+    stopping = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %s: stopping gracefully", signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    stopping.wait()
+    server.stop()
+    clean = runtime.close(ctx.settings.grpc_grace_seconds)
+    tel.shutdown()
+    sys.exit(0 if clean else 1)
+
+
+@main.command("grpc")
+@click.option("--address", help="host:port to listen on (overrides ABKIT_GRPC_ADDRESS).")
+@pass_ctx
+def grpc_command(ctx: Context, address: str | None) -> None:
+    """Run the gRPC assignment service (stops gracefully on SIGTERM/SIGINT)."""
+    _run_grpc(ctx, address)
+
+
+@main.command("serve")
+@click.option("--address", help="gRPC host:port (overrides ABKIT_GRPC_ADDRESS).")
+@pass_ctx
+def serve_command(ctx: Context, address: str | None) -> None:
+    """Everything in one process on the configured store (embedded SQLite by default).
+
+    Migrates the schema first, then serves gRPC.
+    """
+    from abkit.store import migrate
+    from abkit.store.engine import create_store_engine
+
+    with _errors():
+        engine = create_store_engine(ctx.settings.database_url)
+        try:
+            migrate.upgrade(engine)
+        finally:
+            engine.dispose()
+    _run_grpc(ctx, address)
+
+
+@main.command("demo")
+@click.option("--users", default=3000, show_default=True, help="Simulated users.")
+@click.option("--seed", default=7, show_default=True, help="Random seed (the run is reproducible).")
+@click.option(
+    "--database-url",
+    "demo_url",
+    default="sqlite:///abkit-demo.db",
+    show_default=True,
+    help="A fresh store for the demo (a SQLite file is recreated).",
+)
+def demo_command(users: int, seed: int, demo_url: str) -> None:
+    """Apply an example experiment, serve it, send simulated users through gRPC, show the split."""
+    from abkit.demo import run_demo
+
+    with _errors():
+        run_demo(users=users, seed=seed, database_url=demo_url, echo=click.echo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,100 @@
+"""Settings: the one place that reads the environment.
+
+``Settings.from_env()`` is called once at the edge (the CLI) and the frozen result is passed
+explicitly to everything else. Every variable has the ``ABKIT_`` prefix; OpenTelemetry is
+configured only through its standard ``OTEL_*`` variables (read by the SDK itself, see
+:mod:`abkit.telemetry`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from abkit.errors import ValidationError
+
+DEFAULT_DATABASE_URL = "sqlite:///abkit.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Runtime settings. Each field is read from ``ABKIT_<FIELD NAME IN UPPER CASE>`` (or the
+    standard variable named in its metadata)."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    """SQLAlchemy URL of the store: ``sqlite:///abkit.db`` (embedded) or
+    ``postgresql+psycopg://user:password@host:5432/abkit`` (production)."""
+    grpc_address: str = "127.0.0.1:50051"
+    """Where the gRPC assignment service listens (``0.0.0.0:50051`` in a container)."""
+    web_address: str = "127.0.0.1:8000"
+    """Where the results page listens."""
+    admin_token: str = ""
+    """Bearer token for admin actions; empty disables them."""
+    grpc_workers: int = 16
+    """Thread pool size of the gRPC server."""
+    grpc_grace_seconds: float = 10.0
+    """On shutdown, in-flight RPCs get this long to finish."""
+    config_refresh_seconds: float = 2.0
+    """How often the server reloads experiment config from the store."""
+    writer_batch_size: int = 500
+    """Exposures/events written per database round trip."""
+    writer_flush_seconds: float = 0.2
+    """Longest time an accepted exposure or event waits in memory before a flush."""
+    writer_queue_size: int = 100_000
+    """Bounded in-memory queue of the writer; beyond it records are counted as dropped."""
+    actor: str = ""
+    """Who manual actions are audited as; defaults to the operating-system user name."""
+    otel_traces_exporter: str = field(default="none", metadata={"env": "OTEL_TRACES_EXPORTER"})
+    """The standard OpenTelemetry variable: ``none`` (default), ``console`` or ``otlp``
+    (comma-separated). Every other ``OTEL_*`` variable is read by the SDK itself."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``ABKIT_*`` variables (``os.environ`` unless given)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            name = f.metadata.get("env", f"ABKIT_{f.name.upper()}")
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(name, raw, type(getattr(cls(), f.name)))
+        if "actor" not in values:
+            values["actor"] = _os_user(env)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        for name in ("grpc_workers", "writer_batch_size", "writer_queue_size"):
+            if getattr(self, name) < 1:
+                raise ValidationError(f"ABKIT_{name.upper()}", "must be at least 1")
+        for name in ("grpc_grace_seconds", "config_refresh_seconds", "writer_flush_seconds"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValidationError(f"ABKIT_{name.upper()}", "must be a positive number")
+        if not self.database_url:
+            raise ValidationError("ABKIT_DATABASE_URL", "must not be empty")
+
+
+def _os_user(env: Mapping[str, str]) -> str:
+    for name in ("LOGNAME", "USER", "USERNAME"):
+        if env.get(name):
+            return env[name]
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
+def _parse(name: str, raw: str, kind: type) -> object:
+    try:
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        expected = "a whole number" if kind is int else "a number"
+        raise ValidationError(name, f"expected {expected}, got {raw!r}") from None
+    return raw

@@ -1,0 +1,106 @@
+"""``build_server()``: the gRPC server with the assignment, health and reflection services."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from abkit.config import Settings
+from abkit.rpc.servicer import AssignmentServicer
+from abkit.rpc.tracing import TracingInterceptor
+from abkit.runtime import Runtime
+from abkit.telemetry import Telemetry
+from abkit.v1 import assignment_pb2, assignment_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = assignment_pb2.DESCRIPTOR.services_by_name["AssignmentService"].full_name
+
+
+class GrpcServer:
+    """An unstarted server bound to ``port``; ``start()``, then ``stop()`` (graceful)."""
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        runtime: Runtime,
+        health_servicer: health.HealthServicer,
+    ) -> None:
+        self.server = server
+        self.port = port
+        self.runtime = runtime
+        self.health = health_servicer
+        self._ready = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.server.start()
+        self._watcher = threading.Thread(
+            target=self._watch_config, name="abkit-health", daemon=True
+        )
+        self._watcher.start()
+
+    def _watch_config(self) -> None:
+        # NOT_SERVING until the experiment config is loaded: a load balancer must not route
+        # Assign calls to a replica that would answer "unknown experiment".
+        while not self.runtime.config.loaded:
+            if self._ready.wait(0.1):
+                return
+        self._set_serving(True)
+
+    def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new RPCs, let in-flight ones finish within ``grace`` seconds."""
+        self._ready.set()
+        self._set_serving(False)
+        self.server.stop(
+            grace if grace is not None else self.runtime.settings.grpc_grace_seconds
+        ).wait()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def build_server(
+    settings: Settings, runtime: Runtime, telemetry: Telemetry, *, address: str | None = None
+) -> GrpcServer:
+    """Build (not start) the server. ``address="127.0.0.1:0"`` picks a free port (tests)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(
+            max_workers=settings.grpc_workers, thread_name_prefix="abkit-grpc"
+        ),
+        interceptors=[TracingInterceptor(telemetry.tracer())],
+        options=[("grpc.so_reuseport", 0)],
+    )
+    assignment_pb2_grpc.add_AssignmentServiceServicer_to_server(
+        AssignmentServicer(runtime.assignment), server
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address or settings.grpc_address)
+    if port == 0:
+        raise OSError(f"could not bind the gRPC server to {address or settings.grpc_address}")
+    return GrpcServer(server, port, runtime, health_servicer)

@@ -1,0 +1,99 @@
+"""Wiring: one :class:`Runtime` owns the store, the writers, the config cache and the services.
+
+The CLI builds it from :class:`~abkit.config.Settings`; tests build it around any store (memory,
+SQLite, PostgreSQL). Background work -- the writers' flush threads and the config refresher --
+starts with :meth:`Runtime.start` and stops, flushing everything accepted, with
+:meth:`Runtime.close`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from abkit.clock import SystemClock
+from abkit.config import Settings
+from abkit.core.assignment import Exposure
+from abkit.core.model import Event
+from abkit.ports import Clock, Store
+from abkit.services import AssignmentService, ConfigCache, ExperimentService
+from abkit.store.sql import SqlStore
+from abkit.writer import BufferedWriter
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, store: Store, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.config = ConfigCache(store)
+        self.exposure_writer: BufferedWriter[Exposure] = BufferedWriter(
+            "exposures",
+            self._write_exposures,
+            batch_size=settings.writer_batch_size,
+            flush_interval=settings.writer_flush_seconds,
+            queue_size=settings.writer_queue_size,
+        )
+        self.event_writer: BufferedWriter[Event] = BufferedWriter(
+            "events",
+            self._write_events,
+            batch_size=settings.writer_batch_size,
+            flush_interval=settings.writer_flush_seconds,
+            queue_size=settings.writer_queue_size,
+        )
+        self.assignment = AssignmentService(
+            self.config, self.exposure_writer, self.event_writer, self.clock
+        )
+        self.experiments = ExperimentService(store, self.clock)
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Runtime:
+        return cls(settings, SqlStore.from_url(settings.database_url))
+
+    def _write_exposures(self, batch: Sequence[Exposure]) -> int:
+        with self.store.transaction() as tx:
+            return tx.exposures.add(batch)
+
+    def _write_events(self, batch: Sequence[Event]) -> int:
+        with self.store.transaction() as tx:
+            return tx.events.add(batch)
+
+    def start(self) -> None:
+        """Load the config (best effort), start the writers and the periodic refresher."""
+        self.config.refresh()
+        self.exposure_writer.start()
+        self.event_writer.start()
+        if self._refresher is None:
+            self._refresher = threading.Thread(
+                target=self._refresh_loop, name="abkit-config-refresh", daemon=True
+            )
+            self._refresher.start()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.settings.config_refresh_seconds):
+            self.config.refresh()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every exposure and event accepted so far is in the store."""
+        return self.exposure_writer.flush(timeout) and self.event_writer.flush(timeout)
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop background work and write everything accepted; True if nothing was left over."""
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join(timeout)
+        clean = self.exposure_writer.close(timeout)
+        clean = self.event_writer.close(timeout) and clean
+        if not clean:
+            log.error(
+                "shutdown left unwritten records: %s %s",
+                self.exposure_writer.stats(),
+                self.event_writer.stats(),
+            )
+        self.store.close()
+        return clean

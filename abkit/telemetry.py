@@ -1,0 +1,77 @@
+"""OpenTelemetry: the only module that creates providers and exporters.
+
+Configured through the standard variables only: ``OTEL_TRACES_EXPORTER`` picks the exporter
+(``none`` by default, ``console``, ``otlp`` when the ``otlp`` extra is installed), and the SDK
+reads the rest itself (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
+``OTEL_TRACES_SAMPLER``, ``OTEL_EXPORTER_OTLP_ENDPOINT``, ...).
+
+A :class:`Telemetry` value is passed explicitly to the servers, so tests build their own with an
+in-memory exporter instead of resetting process-wide globals. Only :func:`configure` -- called once
+by the CLI -- also installs the provider globally, for libraries that look it up there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+from abkit import __version__
+from abkit.config import Settings
+from abkit.errors import ValidationError
+
+INSTRUMENTATION_NAME = "abkit"
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    tracer_provider: TracerProvider = field(default_factory=TracerProvider)
+
+    def tracer(self) -> trace.Tracer:
+        return self.tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__)
+
+    def shutdown(self) -> None:
+        self.tracer_provider.shutdown()
+
+
+def _exporter(name: str) -> SpanExporter | None:
+    if name == "none":
+        return None
+    if name == "console":
+        return ConsoleSpanExporter()
+    if name == "otlp":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
+                OTLPSpanExporter,
+            )
+        except ImportError as exc:
+            raise ValidationError(
+                "OTEL_TRACES_EXPORTER",
+                "otlp needs the OTLP exporter: pip install 'abkit[otlp]'",
+            ) from exc
+        exporter: SpanExporter = OTLPSpanExporter()
+        return exporter
+    raise ValidationError(
+        "OTEL_TRACES_EXPORTER", f"unknown exporter {name!r}; use none, console or otlp"
+    )
+
+
+def build(settings: Settings, service_name: str = "abkit") -> Telemetry:
+    """Providers and exporters from the settings, not installed globally."""
+    resource = Resource.create({"service.name": service_name, "service.version": __version__})
+    provider = TracerProvider(resource=resource)
+    for name in (n.strip() for n in settings.otel_traces_exporter.split(",")):
+        exporter = _exporter(name or "none")
+        if exporter is not None:
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+    return Telemetry(provider)
+
+
+def configure(settings: Settings, service_name: str = "abkit") -> Telemetry:
+    """:func:`build`, then install the tracer provider globally (call once, from the CLI)."""
+    telemetry = build(settings, service_name)
+    trace.set_tracer_provider(telemetry.tracer_provider)
+    return telemetry

@@ -1,0 +1,180 @@
+"""The `abkit` command as a user runs it: a subprocess, a real store, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from abkit.v1 import assignment_pb2 as pb
+from abkit.v1 import assignment_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).parents[2]
+EXAMPLE = ROOT / "examples" / "ranker-experiment.yaml"
+
+
+def abkit(
+    *args: str, url: str, check: bool = True, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ABKIT_DATABASE_URL": url, "ABKIT_ACTOR": "tester"}
+    result = subprocess.run(
+        [sys.executable, "-m", "abkit", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        **kwargs,  # type: ignore[call-overload]
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"abkit {' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result  # type: ignore[no-any-return]
+
+
+def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_apply_is_idempotent_and_lifecycle_is_audited(sql_url: str) -> None:
+    out = abkit("experiment", "apply", "-f", str(EXAMPLE), url=sql_url).stdout
+    assert "ranker-v2 created" in out and "draft" in out
+    assert "unchanged" in abkit("experiment", "apply", "-f", str(EXAMPLE), url=sql_url).stdout
+    assert "running" in abkit("experiment", "start", "ranker-v2", url=sql_url).stdout
+    assert "paused" in abkit("experiment", "pause", "ranker-v2", url=sql_url).stdout
+    assert "running" in abkit("experiment", "resume", "ranker-v2", url=sql_url).stdout
+    shown = json.loads(
+        abkit("experiment", "show", "ranker-v2", "--format", "json", url=sql_url).stdout
+    )
+    assert shown["status"] == "running" and shown["model"] == "ranker"
+    assert [a["model_version"] for a in shown["arms"]] == ["ranker-v1", "ranker-v2"]
+    listed = abkit("experiment", "list", url=sql_url).stdout
+    assert "ranker-v2" in listed and "control=ranker-v1" in listed
+    from abkit.store.sql import SqlStore
+
+    store = SqlStore.from_url(sql_url)
+    with store.transaction() as tx:
+        history = tx.decisions.list("ranker-v2")
+        live = tx.models.live("ranker")
+    store.close()
+    assert [(d.action, d.actor) for d in history] == [
+        ("create", "tester"), ("start", "tester"), ("pause", "tester"), ("resume", "tester"),
+    ]  # fmt: skip
+    assert live is not None and live.version == "ranker-v1"
+
+
+def test_changing_a_running_experiments_arms_is_refused_with_a_way_out(
+    sql_url: str, tmp_path: Path
+) -> None:
+    abkit("experiment", "apply", "-f", str(EXAMPLE), "--start", url=sql_url)
+    changed = (
+        EXAMPLE.read_text()
+        .replace("weight: 0.5, control: true", "weight: 0.4, control: true")
+        .replace("model_version: ranker-v2, weight: 0.5", "model_version: ranker-v2, weight: 0.6")
+    )
+    result = abkit("experiment", "apply", "-f", write(tmp_path, changed), url=sql_url, check=False)
+    assert result.returncode == 4
+    assert "arms cannot change" in result.stderr and "new experiment key" in result.stderr
+    # Coverage may change (a ramp): allowed, and recorded.
+    ramp = EXAMPLE.read_text().replace("coverage: 1.0", "coverage: 0.5")
+    out = abkit("experiment", "apply", "-f", write(tmp_path, ramp, "ramp.yaml"), url=sql_url).stdout
+    assert "updated (coverage)" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "words"),
+    [
+        ("key: [unclosed", 2, "YAML syntax error"),
+        ("key: e\nkey: f\n", 2, "duplicate key 'key'"),
+        (
+            "key: e\narms:\n - {key: c, model_version: v1, weight: 0.5, control: true}\n"
+            " - {key: t, model_version: v2, weight: 0.6}\n",
+            2,
+            "weights must sum to 1",
+        ),
+        (
+            "key: e\narms:\n - {key: c, model_version: v1, weight: 0.5}\n"
+            " - {key: t, model_version: v2, weight: 0.5}\n",
+            2,
+            "exactly one arm must be the control",
+        ),
+        ("key: e\ncoverge: 0.1\narms: []\n", 2, "did you mean 'coverage'"),
+    ],
+)
+def test_broken_files_exit_2_naming_the_problem(
+    sql_url: str, tmp_path: Path, text: str, code: int, words: str
+) -> None:
+    result = abkit("experiment", "apply", "-f", write(tmp_path, text), url=sql_url, check=False)
+    assert result.returncode == code
+    assert words in result.stderr and "exp.yaml" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_experiment_exits_3(sql_url: str) -> None:
+    result = abkit("experiment", "show", "nope", url=sql_url, check=False)
+    assert result.returncode == 3 and "'nope'" in result.stderr
+
+
+def test_db_upgrade_creates_the_schema_and_is_repeatable(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    assert "database at revision" in abkit("db", "upgrade", url=url).stdout
+    assert "database at revision" in abkit("db", "upgrade", url=url).stdout
+    assert abkit("experiment", "list", url=url).stdout.startswith("no experiments yet")
+
+
+def test_unmigrated_store_says_what_to_do(tmp_path: Path) -> None:
+    result = abkit("experiment", "list", url=f"sqlite:///{tmp_path / 'empty.db'}", check=False)
+    assert result.returncode == 5 and "abkit db upgrade" in result.stderr
+
+
+def test_grpc_server_serves_and_stops_gracefully_on_sigterm(sql_url: str) -> None:
+    abkit("experiment", "apply", "-f", str(EXAMPLE), "--start", url=sql_url)
+    env = {**os.environ, "ABKIT_DATABASE_URL": sql_url, "ABKIT_WRITER_FLUSH_SECONDS": "5"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "abkit", "grpc", "--address", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    ) as proc:  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            port = int(line.rsplit("port ", 1)[1].rstrip(")\n"))
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.AssignmentServiceStub(channel)
+                attrs = {"platform": pb.AttributeValue(string_value="web")}
+                for i in range(50):
+                    request = pb.AssignRequest(unit_id=f"u{i}", attributes=attrs)
+                    stub.Assign(request, timeout=5, wait_for_ready=True)
+                stub.Track(pb.TrackRequest(unit_id="u1", metric="conversion"), timeout=5)
+            # The writer holds everything for up to 5 s; SIGTERM must flush it, not lose it.
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    from abkit.store.sql import SqlStore
+
+    store = SqlStore.from_url(sql_url)
+    with store.transaction() as tx:
+        assert sum(tx.exposures.counts("ranker-v2").values()) == 50
+        assert tx.events.count() == 1
+    store.close()
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "abkit", "demo", "--users", "400", "--database-url", url],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "served 400 users through gRPC" in result.stdout
+    assert "the store now holds 400 exposures" in result.stdout
+    assert "ranker-v1" in result.stdout and "ranker-v2" in result.stdout

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import pytest
+
+from abkit.config import DEFAULT_DATABASE_URL, Settings
+from abkit.errors import ValidationError
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = Settings.from_env({"USER": "ada"})
+    assert settings.database_url == DEFAULT_DATABASE_URL == "sqlite:///abkit.db"
+    assert settings.actor == "ada"
+    assert settings.otel_traces_exporter == "none"
+
+
+def test_reads_prefixed_variables_and_standard_otel_ones() -> None:
+    settings = Settings.from_env(
+        {
+            "ABKIT_DATABASE_URL": "postgresql+psycopg://db/abkit",
+            "ABKIT_GRPC_WORKERS": "4",
+            "ABKIT_WRITER_FLUSH_SECONDS": "0.5",
+            "ABKIT_ACTOR": "ci-pipeline",
+            "OTEL_TRACES_EXPORTER": "console",
+            "DATABASE_URL": "ignored",
+        }
+    )
+    assert settings.database_url == "postgresql+psycopg://db/abkit"
+    assert settings.grpc_workers == 4
+    assert settings.writer_flush_seconds == 0.5
+    assert settings.actor == "ci-pipeline"
+    assert settings.otel_traces_exporter == "console"
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "words"),
+    [
+        ({"ABKIT_GRPC_WORKERS": "many"}, "ABKIT_GRPC_WORKERS", "whole number"),
+        ({"ABKIT_GRPC_WORKERS": "0"}, "ABKIT_GRPC_WORKERS", "at least 1"),
+        ({"ABKIT_WRITER_FLUSH_SECONDS": "nan"}, "ABKIT_WRITER_FLUSH_SECONDS", "positive"),
+        ({"ABKIT_WRITER_FLUSH_SECONDS": "-1"}, "ABKIT_WRITER_FLUSH_SECONDS", "positive"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], field: str, words: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env(env)
+    assert info.value.field == field and words in info.value.message
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(AttributeError):
+        settings.database_url = "x"  # type: ignore[misc]
