@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test unit lint typecheck proto serve clean
+.PHONY: install demo test unit lint typecheck proto analysis-sql bench serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ typecheck: install
 proto: install
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. \
 		$$(cd proto && find . -name '*.proto' | sed 's|^\./||')
+
+analysis-sql: install
+	$(BIN)/python -m abkit.store.analysis analysis
+
+bench: install
+	$(BIN)/python tests/benchmarks/bench_assign.py
+	$(BIN)/python tests/benchmarks/bench_analysis.py
 
 serve: install
 	$(BIN)/abkit serve

@@ -16,11 +16,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol
 
 from abkit.core.assignment import Exposure
+from abkit.core.metrics import Metric
 from abkit.core.model import Event, Experiment
+from abkit.core.stats import ArmSummary, RatioSummary
+
+Summary = ArmSummary | RatioSummary
+
+
+@dataclass(frozen=True, slots=True)
+class DailySummaries:
+    """Cumulative statistics at the end of ``day`` (UTC): units exposed and events up to then."""
+
+    day: date
+    arms: Mapping[str, Summary]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +151,23 @@ class ModelRegistry(Protocol):
     def live(self, model: str) -> ModelVersion | None: ...
 
 
+class AnalysisRepository(Protocol):
+    """Sufficient statistics computed where the data lives (DESIGN.md, "the data contract")."""
+
+    def summaries(
+        self, experiment_key: str, metrics: Sequence[Metric], *, as_of: datetime | None = None
+    ) -> dict[str, dict[str, Summary]]:
+        """``{metric name: {arm key: summary}}`` over units exposed (and events) before ``as_of``.
+
+        Arms without exposed units are absent.
+        """
+        ...
+
+    def daily(self, experiment_key: str, metric: Metric) -> list[DailySummaries]:
+        """Cumulative summaries at the end of each UTC day with exposures or events."""
+        ...
+
+
 class Transaction(Protocol):
     """Repositories bound to one transaction."""
 
@@ -156,6 +185,9 @@ class Transaction(Protocol):
 
     @property
     def models(self) -> ModelRegistry: ...
+
+    @property
+    def analysis(self) -> AnalysisRepository: ...
 
 
 class Store(Protocol):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -18,6 +17,7 @@ from abkit.core.model import Arm, Event, Experiment, ExperimentStatus, Holdout, 
 from abkit.core.targeting import parse_condition
 from abkit.errors import ConflictError, NotFoundError, StoreUnavailableError
 from abkit.ports import DecisionRecord, ExperimentRecord, ModelVersion
+from abkit.store.analysis import SqlAnalysis
 from abkit.store.engine import create_store_engine
 from abkit.store.schema import Base
 
@@ -408,6 +408,7 @@ def _model_version(row: Any) -> ModelVersion:
 class SqlTransaction:
     def __init__(self, conn: Connection) -> None:
         self.connection = conn
+        self.analysis = SqlAnalysis(conn)
         self.experiments = SqlExperiments(conn)
         self.exposures = SqlExposures(conn)
         self.events = SqlEvents(conn)

@@ -7,6 +7,7 @@ the originals only on commit.
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,9 +15,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from abkit.core.assignment import Exposure
+from abkit.core.metrics import Metric
 from abkit.core.model import Event
 from abkit.errors import ConflictError, NotFoundError, StoreUnavailableError
-from abkit.ports import DecisionRecord, ExperimentRecord, ModelVersion
+from abkit.ports import DailySummaries, DecisionRecord, ExperimentRecord, ModelVersion, Summary
+from abkit.store.memory import analysis
 
 
 @dataclass
@@ -176,9 +179,32 @@ class MemoryModels:
         )
 
 
+class MemoryAnalysis:
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    def _inputs(self, experiment_key: str) -> tuple[list[Exposure], dict[str, list[Event]]]:
+        exposures = [e for (key, _), e in self._s.exposures.items() if key == experiment_key]
+        by_unit: dict[str, list[Event]] = {}
+        for event in self._s.events.values():
+            by_unit.setdefault(event.unit_id, []).append(event)
+        return exposures, by_unit
+
+    def summaries(
+        self, experiment_key: str, metrics: Sequence[Metric], *, as_of: datetime | None = None
+    ) -> dict[str, dict[str, Summary]]:
+        exposures, by_unit = self._inputs(experiment_key)
+        return analysis.summaries(exposures, by_unit, metrics, as_of)
+
+    def daily(self, experiment_key: str, metric: Metric) -> builtins.list[DailySummaries]:
+        exposures, by_unit = self._inputs(experiment_key)
+        return analysis.daily(exposures, by_unit, metric) if exposures else []
+
+
 class MemoryTransaction:
     def __init__(self, state: _State) -> None:
         self.state = state
+        self.analysis = MemoryAnalysis(state)
         self.experiments = MemoryExperiments(state)
         self.exposures = MemoryExposures(state)
         self.events = MemoryEvents(state)

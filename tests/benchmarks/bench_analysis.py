@@ -1,0 +1,210 @@
+"""Benchmark: the analysis query of one experiment on PostgreSQL, against a bare GROUP BY.
+
+Issue #3's goal: with 1,000,000 exposed units and 5,000,000 events, the sufficient-statistics
+query (two metrics: a binary conversion and a continuous revenue, 7-day window) takes at most
+1.5x a bare ``GROUP BY arm`` over the same join, measured in the same run; and the statistics of
+one look (all tests for two arms and one metric, from the summaries) take at most 5 ms.
+
+    .venv/bin/python tests/benchmarks/bench_analysis.py [--units 1000000] [--events-per-unit 5]
+
+Needs a PostgreSQL (ABKIT_TEST_POSTGRES_URL, default the local server); creates and drops its own
+database. Data is generated inside PostgreSQL (generate_series), so loading is fast and the
+script itself holds no rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+import uuid
+
+import sqlalchemy as sa
+
+from abkit.core.metrics import Metric
+from abkit.core.stats import (
+    SequentialMonitor,
+    fixed_horizon_test,
+    sequential_srm_test,
+    sequential_test,
+    srm_test,
+)
+from abkit.store import migrate
+from abkit.store.analysis import ANALYSIS_WORK_MEM, SqlAnalysis, summary_sql
+from abkit.store.engine import create_store_engine
+
+ADMIN_URL = os.environ.get(
+    "ABKIT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+METRICS = [
+    Metric("conversion", "binary", window_seconds=7 * 86400),
+    Metric("revenue", "continuous", window_seconds=7 * 86400),
+]
+# The goal's baseline: the same rows (the experiment's exposures joined to the events of its
+# metrics) grouped the way any per-unit statistic must be -- per unit, then per arm -- with bare
+# SUMs instead of abkit's windowed, per-metric CASE expressions.
+BARE = """
+SELECT arm_key, COUNT(*), SUM(y), SUM(y * y) FROM (
+    SELECT x.arm_key, x.unit_id, SUM(v.value) AS y
+    FROM exposures AS x
+    LEFT JOIN events AS v ON v.unit_id = x.unit_id AND v.metric IN ('conversion', 'revenue')
+    WHERE x.experiment_key = 'bench'
+    GROUP BY x.arm_key, x.unit_id
+) AS per_unit
+GROUP BY arm_key
+"""
+# Reported for context: one GROUP BY arm over the join. It cannot yield a sum of squares of
+# per-unit values, so it is a floor, not a like-for-like baseline.
+JOIN_ONLY = """
+SELECT x.arm_key, COUNT(*), SUM(v.value)
+FROM exposures AS x
+LEFT JOIN events AS v ON v.unit_id = x.unit_id AND v.metric IN ('conversion', 'revenue')
+WHERE x.experiment_key = 'bench'
+GROUP BY x.arm_key
+"""
+
+
+def load(engine: sa.Engine, units: int, events_per_unit: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                """
+                INSERT INTO exposures (experiment_key, unit_id, arm_key, model_version,
+                                       config_checksum, exposed_at, trace_id, span_id)
+                SELECT 'bench', 'user-' || g,
+                       CASE WHEN g % 2 = 0 THEN 'control' ELSE 'treatment' END,
+                       'v' || (g % 2), '0123456789abcdef',
+                       timestamptz '2026-03-01' + (g % 86400) * interval '1 second', '', ''
+                FROM generate_series(1::bigint, :units) AS g
+                """
+            ),
+            {"units": units},
+        )
+        conn.execute(
+            sa.text(
+                """
+                INSERT INTO events (event_id, unit_id, metric, value, occurred_at,
+                                    trace_id, span_id)
+                SELECT 'e' || g, 'user-' || (1 + (g * 7919) % :units),
+                       CASE WHEN g % 5 = 0 THEN 'conversion' ELSE 'revenue' END,
+                       (g % 100) / 10.0,
+                       timestamptz '2026-03-01'
+                           + ((g * 104729) % (10 * 86400)) * interval '1 second',
+                       '', ''
+                FROM generate_series(1::bigint, :events) AS g
+                """
+            ),
+            {"units": units, "events": units * events_per_unit},
+        )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE exposures"))
+        conn.execute(sa.text("VACUUM ANALYZE events"))
+
+
+def timed(fn, repeats: int) -> list[float]:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--units", type=int, default=1_000_000)
+    parser.add_argument("--events-per-unit", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    admin = create_store_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"abkit_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(ADMIN_URL).set(database=name)
+    engine = create_store_engine(url)
+    try:
+        migrate.upgrade(engine)
+        started = time.perf_counter()
+        load(engine, args.units, args.events_per_unit)
+        load_seconds = time.perf_counter() - started
+
+        with engine.connect() as conn:
+            analysis = SqlAnalysis(conn)
+            summaries = analysis.summaries("bench", METRICS)
+            conn.execute(sa.text(BARE)).all()  # warm the cache for both equally
+            conn.commit()
+            ours, bare, join_only = [], [], []
+
+            def bare_query(sql: str) -> None:
+                conn.execute(sa.text(f"SET LOCAL work_mem = '{ANALYSIS_WORK_MEM}'"))
+                conn.execute(sa.text(sql)).all()
+                conn.commit()
+
+            def our_query() -> None:
+                analysis.summaries("bench", METRICS)
+                conn.commit()
+
+            for _ in range(args.repeats):  # interleaved, so drift hits all alike
+                ours += timed(our_query, 1)
+                bare += timed(lambda: bare_query(BARE), 1)
+                join_only += timed(lambda: bare_query(JOIN_ONLY), 1)
+            conn.execute(sa.text(f"SET LOCAL work_mem = '{ANALYSIS_WORK_MEM}'"))
+            plan = (
+                conn.execute(
+                    sa.text("EXPLAIN " + summary_sql(METRICS, "postgresql")),
+                    {"experiment_key": "bench", "e0": "conversion", "e1": "revenue"},
+                )
+                .scalars()
+                .all()
+            )
+
+        control, treatment = (
+            summaries["conversion"]["control"],
+            summaries["conversion"]["treatment"],
+        )
+        counts = [control.n, treatment.n]
+
+        def one_look() -> None:
+            fixed_horizon_test(control, treatment)
+            sequential_test(control, treatment)
+            SequentialMonitor().update(control, treatment)
+            srm_test(counts, [0.5, 0.5])
+            sequential_srm_test(counts, [0.5, 0.5])
+
+        look = timed(one_look, 200)
+        result = {
+            "benchmark": "analysis_query_postgresql",
+            "units": args.units,
+            "events": args.units * args.events_per_unit,
+            "load_seconds": round(load_seconds, 1),
+            "query_median_s": round(statistics.median(ours), 3),
+            "bare_group_by_median_s": round(statistics.median(bare), 3),
+            "ratio": round(statistics.median(ours) / statistics.median(bare), 3),
+            "join_only_median_s": round(statistics.median(join_only), 3),
+            "ratio_to_join_only": round(statistics.median(ours) / statistics.median(join_only), 3),
+            "ratio_goal": 1.5,
+            "look_stats_median_ms": round(statistics.median(look) * 1000, 3),
+            "look_stats_goal_ms": 5.0,
+            "n_per_arm": counts,
+        }
+        print(json.dumps(result))
+        print("\n".join(plan))
+        print(
+            f"analysis query {result['query_median_s']} s vs bare per-unit GROUP BY "
+            f"{result['bare_group_by_median_s']} s: ratio {result['ratio']} (goal <= 1.5); "
+            f"vs join-only GROUP BY arm {result['join_only_median_s']} s: "
+            f"{result['ratio_to_join_only']}; "
+            f"statistics of one look {result['look_stats_median_ms']} ms (goal <= 5)"
+        )
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
