@@ -26,14 +26,13 @@ the request's time and trace anyway -- is built by the caller with :meth:`Assign
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from hashlib import sha256
 from itertools import accumulate
 from typing import NamedTuple
 
-from abkit.core.hashing import below, coverage_seed, holdout_seed, layer_seed
+from abkit.core.hashing import below, coverage_seed, holdout_seed, layer_seed, sha256
 from abkit.core.model import Experiment, ExperimentStatus, Reason, validate_catalog
 from abkit.core.targeting import Attributes, compile_condition
 from abkit.errors import NotFoundError
@@ -95,98 +94,108 @@ def _prefix(seed: str) -> bytes:
 
 
 class CompiledExperiment:
-    """An :class:`Experiment` with seeds encoded, thresholds computed and answers prebuilt."""
+    """An :class:`Experiment` with seeds encoded, thresholds computed and answers prebuilt.
 
-    __slots__ = (
-        "_arm_prefix",
-        "_coverage",
-        "_coverage_prefix",
-        "_holdout",
-        "_holdout_prefix",
-        "_layer_end",
-        "_layer_prefix",
-        "_layer_start",
-        "_miss",
-        "_not_running",
-        "_overrides",
-        "_rollout",
-        "_split",
-        "_targeting",
-        "_thresholds",
-        "checksum",
-        "control",
-        "experiment",
-        "key",
-    )
+    ``assign(unit_id, attributes)`` is a closure built once per experiment: every constant it
+    needs is a local of the closure rather than an attribute looked up on each call.
+    """
+
+    __slots__ = ("assign", "checksum", "control", "experiment", "key")
+
+    assign: Callable[[str, Attributes], Assignment]
 
     def __init__(self, experiment: Experiment) -> None:
         self.experiment = experiment
         self.key = key = experiment.key
         self.checksum = checksum = experiment.config_checksum
         control = experiment.control
-        self._miss = {
+        miss = {
             reason: Assignment(key, control.key, control.model_version, reason) for reason in Reason
         }
-        self.control = self._miss[Reason.EXPERIMENT_NOT_RUNNING]
-        self._split = tuple(
+        self.control = miss[Reason.EXPERIMENT_NOT_RUNNING]
+        split = tuple(
             Assignment(key, a.key, a.model_version, Reason.SPLIT, checksum) for a in experiment.arms
         )
         # Arm i owns buckets in [cum[i-1], cum[i]); the last boundary admits everything.
         cumulative = list(accumulate(a.weight for a in experiment.arms))
-        self._thresholds = tuple(below(c) for c in cumulative[:-1])
-        self._arm_prefix = _prefix(experiment.salt)
-        self._coverage = None if experiment.coverage >= 1.0 else below(experiment.coverage)
-        self._coverage_prefix = _prefix(coverage_seed(experiment.salt))
-        layer = experiment.layer
-        self._layer_prefix = b"" if layer is None else _prefix(layer_seed(layer.layer))
-        self._layer_start = b"" if layer is None else below(layer.start)
-        self._layer_end = b"" if layer is None else below(layer.end)
-        holdout = experiment.holdout
-        self._holdout = (
-            None if holdout is None or holdout.fraction <= 0 else below(holdout.fraction)
-        )
-        self._holdout_prefix = b"" if holdout is None else _prefix(holdout_seed(holdout.key))
-        self._targeting = compile_condition(experiment.targeting)
         by_key = {a.key: a for a in experiment.arms}
-        self._overrides = {
-            unit: Assignment(key, arm, by_key[arm].model_version, Reason.OVERRIDE)
-            for unit, arm in experiment.overrides.items()
-        }
-        status = experiment.status
-        self._not_running = status in (ExperimentStatus.DRAFT, ExperimentStatus.PAUSED)
-        self._rollout: Assignment | None = None
+        rollout = None
         if experiment.rollout_arm is not None:
             arm = by_key[experiment.rollout_arm]
-            self._rollout = Assignment(key, arm.key, arm.model_version, Reason.CONCLUDED)
+            rollout = Assignment(key, arm.key, arm.model_version, Reason.CONCLUDED)
+        layer, holdout = experiment.layer, experiment.holdout
+        self.assign = _assign_function(
+            not_running=experiment.status in (ExperimentStatus.DRAFT, ExperimentStatus.PAUSED),
+            control=self.control,
+            rollout=rollout,
+            overrides={
+                unit: Assignment(key, arm, by_key[arm].model_version, Reason.OVERRIDE)
+                for unit, arm in experiment.overrides.items()
+            },
+            holdout=None if holdout is None or holdout.fraction <= 0 else below(holdout.fraction),
+            holdout_prefix=b"" if holdout is None else _prefix(holdout_seed(holdout.key)),
+            layer_prefix=b"" if layer is None else _prefix(layer_seed(layer.layer)),
+            layer_start=b"" if layer is None else below(layer.start),
+            layer_end=b"" if layer is None else below(layer.end),
+            coverage=None if experiment.coverage >= 1.0 else below(experiment.coverage),
+            coverage_prefix=_prefix(coverage_seed(experiment.salt)),
+            targeting=compile_condition(experiment.targeting),
+            arm_prefix=_prefix(experiment.salt),
+            thresholds=tuple(below(c) for c in cumulative[:-1]),
+            split=split,
+            miss=miss,
+        )
 
-    def assign(self, unit_id: str, attributes: Attributes = _NO_ATTRIBUTES) -> Assignment:
-        if self._not_running:
-            return self.control
-        targeting = self._targeting
-        if self._rollout is not None:
+
+def _assign_function(
+    *,
+    not_running: bool,
+    control: Assignment,
+    rollout: Assignment | None,
+    overrides: dict[str, Assignment],
+    holdout: bytes | None,
+    holdout_prefix: bytes,
+    layer_prefix: bytes,
+    layer_start: bytes,
+    layer_end: bytes,
+    coverage: bytes | None,
+    coverage_prefix: bytes,
+    targeting: Callable[[Attributes], bool] | None,
+    arm_prefix: bytes,
+    thresholds: tuple[bytes, ...],
+    split: tuple[Assignment, ...],
+    miss: dict[Reason, Assignment],
+) -> Callable[[str, Attributes], Assignment]:
+    holdout_miss = miss[Reason.HOLDOUT]
+    layer_miss = miss[Reason.NOT_IN_LAYER]
+    coverage_miss = miss[Reason.NOT_IN_COVERAGE]
+    targeting_miss = miss[Reason.TARGETING_MISS]
+
+    def assign(unit_id: str, attributes: Attributes = _NO_ATTRIBUTES) -> Assignment:
+        if not_running:
+            return control
+        if rollout is not None:
             if targeting is not None and not targeting(attributes):
-                return self._miss[Reason.TARGETING_MISS]
-            return self._rollout
-        if self._overrides:
-            override = self._overrides.get(unit_id)
+                return targeting_miss
+            return rollout
+        if overrides:
+            override = overrides.get(unit_id)
             if override is not None:
                 return override
         unit = unit_id.encode()
-        if self._holdout is not None and sha256(self._holdout_prefix + unit).digest() < (
-            self._holdout
-        ):
-            return self._miss[Reason.HOLDOUT]
-        if self._layer_prefix:
-            digest = sha256(self._layer_prefix + unit).digest()
-            if digest < self._layer_start or digest >= self._layer_end:
-                return self._miss[Reason.NOT_IN_LAYER]
-        if self._coverage is not None and (
-            sha256(self._coverage_prefix + unit).digest() >= self._coverage
-        ):
-            return self._miss[Reason.NOT_IN_COVERAGE]
+        if holdout is not None and sha256(holdout_prefix + unit).digest() < holdout:
+            return holdout_miss
+        if layer_prefix:
+            digest = sha256(layer_prefix + unit).digest()
+            if digest < layer_start or digest >= layer_end:
+                return layer_miss
+        if coverage is not None and sha256(coverage_prefix + unit).digest() >= coverage:
+            return coverage_miss
         if targeting is not None and not targeting(attributes):
-            return self._miss[Reason.TARGETING_MISS]
-        return self._split[bisect_right(self._thresholds, sha256(self._arm_prefix + unit).digest())]
+            return targeting_miss
+        return split[bisect_right(thresholds, sha256(arm_prefix + unit).digest())]
+
+    return assign
 
 
 def assign(

@@ -24,7 +24,33 @@ IEEE double arithmetic, probability 2**-54, and "100%" must still mean everyone)
 
 from __future__ import annotations
 
-from hashlib import sha256
+import hashlib
+import importlib
+from collections.abc import Callable
+from typing import Protocol
+
+
+class _Digest(Protocol):
+    def digest(self) -> bytes: ...
+
+
+def _fastest_sha256() -> Callable[[bytes], _Digest]:
+    """CPython's built-in SHA-256 when present, else OpenSSL's (hashlib).
+
+    Same function, same bytes; the built-in one skips OpenSSL's per-call set-up, which dominates
+    for inputs this short (about 15 % faster per bucket here). ``_sha2`` from Python 3.12.
+    """
+    for name in ("_sha2", "_sha256"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        constructor: Callable[[bytes], _Digest] = module.sha256
+        return constructor
+    return hashlib.sha256
+
+
+sha256 = _fastest_sha256()
 
 HASH_VERSION = 1
 """The only hashing function defined so far; stored with each experiment."""

@@ -119,3 +119,52 @@ def test_compiled_membership_agrees_with_evaluate(
     compiled = compile_condition(condition)
     assert compiled is not None
     assert compiled(attributes) == condition.evaluate(attributes)  # type: ignore[arg-type]
+
+
+attribute_names = st.sampled_from(["a", "b", "c"])
+leaf_values = st.one_of(
+    st.sampled_from(["US", "CA", "x", ""]), st.integers(-3, 3), st.booleans(), st.floats(-3, 3)
+)
+leaves = st.one_of(
+    st.builds(
+        lambda attr, op, value: {"attr": attr, op: value},
+        attribute_names,
+        st.sampled_from(["eq", "ne"]),
+        leaf_values,
+    ),
+    st.builds(
+        lambda attr, op, value: {"attr": attr, op: value},
+        attribute_names,
+        st.sampled_from(["gt", "gte", "lt", "lte"]),
+        st.one_of(st.integers(-3, 3), st.floats(-3, 3)),
+    ),
+    st.builds(
+        lambda attr, op, values: {"attr": attr, op: values},
+        attribute_names,
+        st.sampled_from(["in", "not_in"]),
+        st.lists(leaf_values, max_size=3),
+    ),
+    st.builds(
+        lambda attr, present: {"attr": attr, "exists": present}, attribute_names, st.booleans()
+    ),
+)
+trees = st.recursive(
+    leaves,
+    lambda children: st.one_of(
+        st.builds(lambda xs: {"all": xs}, st.lists(children, max_size=3)),
+        st.builds(lambda xs: {"any": xs}, st.lists(children, max_size=3)),
+        st.builds(lambda x: {"not": x}, children),
+    ),
+    max_leaves=8,
+)
+attribute_sets = st.dictionaries(attribute_names, leaf_values, max_size=3)
+
+
+@given(tree=trees, attributes=attribute_sets)
+def test_compiled_predicate_agrees_with_evaluate_on_random_trees(
+    tree: dict[str, object], attributes: dict[str, object]
+) -> None:
+    condition = parse_condition(tree)
+    compiled = compile_condition(condition)
+    assert compiled is not None
+    assert compiled(attributes) is condition.evaluate(attributes)  # type: ignore[arg-type]
