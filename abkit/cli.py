@@ -152,7 +152,7 @@ def experiment_apply(ctx: Context, path: str, start: bool) -> None:
         runtime = ctx.runtime()
         try:
             result = runtime.experiments.apply(
-                spec.experiment, actor=ctx.settings.actor, policy=spec.policy, start=start
+                spec.experiment, actor=ctx.settings.actor, policy=spec.policy_doc, start=start
             )
         finally:
             runtime.store.close()
@@ -240,6 +240,79 @@ def _status_command(name: str, verb: str) -> Callable[..., None]:
     return command
 
 
+@experiment.command("promote")
+@click.argument("key")
+@click.argument("arm")
+@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@pass_ctx
+def experiment_promote(ctx: Context, key: str, arm: str, reason: str) -> None:
+    """Promote ARM now: everyone gets its model version, which goes live in the registry."""
+    with _errors():
+        runtime = ctx.runtime()
+        try:
+            record = runtime.decisions.promote(key, arm, actor=ctx.settings.actor, reason=reason)
+        finally:
+            runtime.close()
+    click.echo(f"experiment {key}: promoted {record.arm_key} ({record.reason})")
+
+
+@experiment.command("rollback")
+@click.argument("key")
+@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@pass_ctx
+def experiment_rollback(ctx: Context, key: str, reason: str) -> None:
+    """Roll back to control now (also undoes a promotion)."""
+    with _errors():
+        runtime = ctx.runtime()
+        try:
+            record = runtime.decisions.rollback(key, actor=ctx.settings.actor, reason=reason)
+        finally:
+            runtime.close()
+    click.echo(f"experiment {key}: rolled back to {record.arm_key} ({record.reason})")
+
+
+@experiment.command("history")
+@click.argument("key")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@pass_ctx
+def experiment_history(ctx: Context, key: str, fmt: str) -> None:
+    """The audit trail: every look, decision and manual action, with who and why."""
+    with _errors():
+        runtime = ctx.runtime()
+        try:
+            history = runtime.experiments.history(key)
+        finally:
+            runtime.store.close()
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "decided_at": d.decided_at.isoformat(),
+                        "look": d.look,
+                        "action": d.action,
+                        "arm": d.arm_key,
+                        "actor": d.actor,
+                        "reason": d.reason,
+                        "config_checksum": d.config_checksum,
+                        "snapshot": d.snapshot,
+                    }
+                    for d in history
+                ],
+                indent=2,
+            )
+        )
+        return
+    for d in history:
+        look = f"look {d.look:>3}" if d.look is not None else "manual  "
+        arm = f" {d.arm_key}" if d.arm_key else ""
+        click.echo(
+            f"{d.decided_at:%Y-%m-%d %H:%M:%S}  {look}  {d.action}{arm}  by {d.actor}: {d.reason}"
+        )
+
+
 _status_command("start", "start")
 _status_command("pause", "pause")
 _status_command("resume", "start")
@@ -270,12 +343,13 @@ def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
 # -- servers -----------------------------------------------------------------------------------
 
 
-def _run_grpc(ctx: Context, address: str | None) -> None:
+def _run_grpc(ctx: Context, address: str | None, *, with_worker: bool = False) -> None:
     from abkit import telemetry
     from abkit.rpc import build_server
+    from abkit.worker import Worker
 
     with _errors():
-        tel = telemetry.configure(ctx.settings, "abkit-grpc")
+        tel = telemetry.configure(ctx.settings, "abkit")
         runtime = ctx.runtime()
         runtime.start()
         if not runtime.config.loaded:
@@ -285,9 +359,43 @@ def _run_grpc(ctx: Context, address: str | None) -> None:
             )
         server = build_server(ctx.settings, runtime, tel, address=address)
         server.start()
+        worker = None
+        if with_worker:
+            worker = Worker(
+                runtime.decisions, tel.tracer(), tick_seconds=ctx.settings.worker_tick_seconds
+            )
+            worker.start()
     click.echo(
         f"abkit gRPC listening on {address or ctx.settings.grpc_address} (port {server.port})"
     )
+    _wait_for_signal()
+    server.stop()
+    if worker is not None:
+        worker.stop()
+    clean = runtime.close(ctx.settings.grpc_grace_seconds)
+    tel.shutdown()
+    sys.exit(0 if clean else 1)
+
+
+def _run_worker(ctx: Context) -> None:
+    from abkit import telemetry
+    from abkit.worker import Worker
+
+    with _errors():
+        tel = telemetry.configure(ctx.settings, "abkit-worker")
+        runtime = ctx.runtime()
+        worker = Worker(
+            runtime.decisions, tel.tracer(), tick_seconds=ctx.settings.worker_tick_seconds
+        )
+        worker.start()
+    click.echo("abkit worker running")
+    _wait_for_signal()
+    worker.stop()
+    runtime.close()
+    tel.shutdown()
+
+
+def _wait_for_signal() -> None:
     stopping = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
@@ -297,10 +405,13 @@ def _run_grpc(ctx: Context, address: str | None) -> None:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     stopping.wait()
-    server.stop()
-    clean = runtime.close(ctx.settings.grpc_grace_seconds)
-    tel.shutdown()
-    sys.exit(0 if clean else 1)
+
+
+@main.command("worker")
+@pass_ctx
+def worker_command(ctx: Context) -> None:
+    """Look at running experiments on their interval; promote, roll back or stop them."""
+    _run_worker(ctx)
 
 
 @main.command("grpc")
@@ -317,7 +428,7 @@ def grpc_command(ctx: Context, address: str | None) -> None:
 def serve_command(ctx: Context, address: str | None) -> None:
     """Everything in one process on the configured store (embedded SQLite by default).
 
-    Migrates the schema first, then serves gRPC.
+    Migrates the schema first, then serves gRPC and runs the decision worker.
     """
     from abkit.store import migrate
     from abkit.store.engine import create_store_engine
@@ -328,25 +439,32 @@ def serve_command(ctx: Context, address: str | None) -> None:
             migrate.upgrade(engine)
         finally:
             engine.dispose()
-    _run_grpc(ctx, address)
+    _run_grpc(ctx, address, with_worker=True)
 
 
 @main.command("demo")
-@click.option("--users", default=3000, show_default=True, help="Simulated users.")
-@click.option("--seed", default=7, show_default=True, help="Random seed (the run is reproducible).")
+@click.option(
+    "--scenario",
+    type=click.Choice(["promote", "harmful", "aa"]),
+    default="promote",
+    show_default=True,
+    help="promote: v2 is better; harmful: v2 is slower (guardrail); aa: no difference.",
+)
+@click.option("--seed", default=7, show_default=True, help="Seed of the simulated users.")
 @click.option(
     "--database-url",
     "demo_url",
     default="sqlite:///abkit-demo.db",
     show_default=True,
-    help="A fresh store for the demo (a SQLite file is recreated).",
+    help="A SQLite file for the demo (recreated).",
 )
-def demo_command(users: int, seed: int, demo_url: str) -> None:
-    """Apply an example experiment, serve it, send simulated users through gRPC, show the split."""
-    from abkit.demo import run_demo
+def demo_command(scenario: str, seed: int, demo_url: str) -> None:
+    """Serve an experiment, send simulated users through gRPC, watch the worker decide."""
+    from abkit.demo import SCENARIOS, run_demo
 
     with _errors():
-        run_demo(users=users, seed=seed, database_url=demo_url, echo=click.echo)
+        action = run_demo(seed=seed, database_url=demo_url, echo=click.echo, scenario=scenario)
+    sys.exit(0 if action == SCENARIOS[scenario].expect else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

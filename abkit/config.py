@@ -45,6 +45,8 @@ class Settings:
     """Longest time an accepted exposure or event waits in memory before a flush."""
     writer_queue_size: int = 100_000
     """Bounded in-memory queue of the writer; beyond it records are counted as dropped."""
+    worker_tick_seconds: float = 1.0
+    """How often the worker checks which experiments are due for a look."""
     actor: str = ""
     """Who manual actions are audited as; defaults to the operating-system user name."""
     otel_traces_exporter: str = field(default="none", metadata={"env": "OTEL_TRACES_EXPORTER"})
@@ -70,7 +72,12 @@ class Settings:
         for name in ("grpc_workers", "writer_batch_size", "writer_queue_size"):
             if getattr(self, name) < 1:
                 raise ValidationError(f"ABKIT_{name.upper()}", "must be at least 1")
-        for name in ("grpc_grace_seconds", "config_refresh_seconds", "writer_flush_seconds"):
+        for name in (
+            "grpc_grace_seconds",
+            "config_refresh_seconds",
+            "writer_flush_seconds",
+            "worker_tick_seconds",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValidationError(f"ABKIT_{name.upper()}", "must be a positive number")

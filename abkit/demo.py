@@ -1,26 +1,35 @@
-"""``abkit demo``: the whole path on the embedded store, through a real gRPC channel.
+"""``abkit demo``: the whole story on the embedded store, through a real gRPC channel.
 
-An experiment compares a ranking model's live version (v1) with a candidate (v2). Simulated users
-are assigned over gRPC, the calling "service" routes on the model version, and users convert with
-a probability that depends on the model they got (v2 is truly better); conversions are tracked
-back. At the end the split and the counts in the store are printed.
+An experiment compares a ranking model's live version (``ranker-v1``) with a candidate
+(``ranker-v2``): conversion is the primary metric, latency a guardrail (5 % tolerated). The gRPC
+server and the decision worker run in this process on a fresh SQLite file. Simulated users are
+assigned over gRPC, the calling "service" routes on the model version, and each user's latency
+and (maybe) conversion are tracked back. The worker looks every two seconds and the demo prints
+each look, until the worker decides:
+
+* ``--scenario promote`` (default): v2 truly converts better -> **promote**, v2 goes live;
+* ``--scenario harmful``: v2 converts better but is 15 % slower -> **rollback** on the guardrail;
+* ``--scenario aa``: v2 behaves exactly like v1 -> **stop, inconclusive** at the maximum duration.
+
+``--seed`` fixes the simulated users (ids, platforms, conversions, latencies).
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from abkit import telemetry
 from abkit.config import Settings
-from abkit.core.model import Experiment
 from abkit.errors import ValidationError
+from abkit.ports import DecisionRecord
 from abkit.rpc import build_server
 from abkit.runtime import Runtime
 from abkit.specfile import parse_document
@@ -28,7 +37,9 @@ from abkit.store import migrate
 from abkit.store.engine import create_store_engine, normalize_url
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc
+from abkit.worker import Worker
 
+EXPERIMENT_KEY = "demo-ranker"
 DEMO_EXPERIMENT = """
 key: demo-ranker
 name: Ranker v2 against v1 (demo)
@@ -36,9 +47,38 @@ model: ranker
 arms:
   - {key: control, model_version: ranker-v1, weight: 0.5, control: true}
   - {key: candidate, model_version: ranker-v2, weight: 0.5}
+policy:
+  primary: {metric: conversion, kind: binary, direction: increase, minimum_effect: 0.01}
+  guardrails:
+    - {metric: latency_ms, kind: continuous, direction: decrease, margin: 0.05, relative: true}
+  alpha: 0.05
+  min_units_per_arm: 500
+  max_duration: 30s
+  look_interval: 2s
 """
-CONVERSION_RATE = {"ranker-v1": 0.10, "ranker-v2": 0.12}
 PLATFORMS = ("web", "ios", "android")
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    conversion: dict[str, float]  # per model version
+    latency_ms: dict[str, float]
+    expect: str
+
+
+SCENARIOS = {
+    "promote": Scenario(
+        {"ranker-v1": 0.10, "ranker-v2": 0.14}, {"ranker-v1": 120, "ranker-v2": 118}, "promote"
+    ),
+    "harmful": Scenario(
+        {"ranker-v1": 0.10, "ranker-v2": 0.12}, {"ranker-v1": 120, "ranker-v2": 138}, "rollback"
+    ),
+    "aa": Scenario(
+        {"ranker-v1": 0.10, "ranker-v2": 0.10},
+        {"ranker-v1": 120, "ranker-v2": 120},
+        "stop_inconclusive",
+    ),
+}
 
 
 def _fresh_sqlite(url: str) -> None:
@@ -52,12 +92,97 @@ def _fresh_sqlite(url: str) -> None:
             Path(parsed.database + suffix).unlink(missing_ok=True)
 
 
-def run_demo(*, users: int, seed: int, database_url: str, echo: Callable[[str], None]) -> None:
+class Traffic:
+    """Simulated users of the calling service, sent through gRPC until told to stop."""
+
+    def __init__(self, address: str, scenario: Scenario, seed: int) -> None:
+        self._channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.AssignmentServiceStub(self._channel)
+        self._scenario = scenario
+        self._seed = seed
+        self._stop = threading.Event()
+        self.users = 0
+        self._lock = threading.Lock()
+
+    def _visit(self, i: int) -> None:
+        rng = random.Random(f"{self._seed}:{i}")
+        unit = f"user-{i:06d}"
+        reply = self._stub.Assign(
+            pb.AssignRequest(
+                unit_id=unit,
+                attributes={"platform": pb.AttributeValue(string_value=rng.choice(PLATFORMS))},
+                experiment_keys=[EXPERIMENT_KEY],
+            ),
+            timeout=5,
+        )
+        version = reply.assignments[0].model_version  # the service routes on this
+        events = [
+            pb.TrackRequest(
+                unit_id=unit,
+                metric="latency_ms",
+                value=max(1.0, rng.gauss(self._scenario.latency_ms[version], 25.0)),
+            )
+        ]
+        if rng.random() < self._scenario.conversion[version]:
+            events.append(pb.TrackRequest(unit_id=unit, metric="conversion"))
+        self._stub.TrackBatch(pb.TrackBatchRequest(events=events), timeout=5)
+
+    def _lane(self, lane: int, lanes: int) -> None:
+        i = lane
+        while not self._stop.is_set():
+            self._visit(i)
+            with self._lock:
+                self.users += 1
+            i += lanes
+
+    def run(self, lanes: int = 6) -> ThreadPoolExecutor:
+        pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="demo-user")
+        for lane in range(lanes):
+            pool.submit(self._lane, lane, lanes)
+        return pool
+
+    def stop(self, pool: ThreadPoolExecutor) -> None:
+        self._stop.set()
+        pool.shutdown(wait=True)
+        self._channel.close()
+
+
+def _line(record: DecisionRecord, users: int) -> str:
+    snap = record.snapshot
+    units = snap.get("units") or {}
+    parts = [
+        f"look {record.look:>2}",
+        f"{users:>6,} users",
+        f"units {'/'.join(f'{n:,}' for n in units.values())}",
+    ]
+    for c in snap.get("comparisons", []):
+        if c["estimate"] is None:
+            continue
+        scale = 100.0 if c["relative"] else 1.0
+        unit = "%" if c["relative"] else ""
+        low = "-inf" if c["ci_low"] is None else f"{c['ci_low'] * scale:+.3g}{unit}"
+        high = "+inf" if c["ci_high"] is None else f"{c['ci_high'] * scale:+.3g}{unit}"
+        parts.append(f"{c['metric']} {c['estimate'] * scale:+.3g}{unit} [{low}, {high}]")
+    return "  ".join(parts) + f"  -> {record.action}"
+
+
+def run_demo(
+    *,
+    users: int | None = None,
+    seed: int,
+    database_url: str,
+    echo: Callable[[str], None],
+    scenario: str = "promote",
+    timeout: float = 55.0,
+) -> str:
+    """Run one scenario; returns the final action (promote, rollback, stop_inconclusive)."""
+    chosen = SCENARIOS[scenario]
     _fresh_sqlite(database_url)
     settings = Settings(
         database_url=database_url,
-        writer_flush_seconds=0.05,
+        writer_flush_seconds=0.1,
         config_refresh_seconds=0.5,
+        worker_tick_seconds=0.25,
         actor="demo",
     )
     engine = create_store_engine(database_url)
@@ -65,68 +190,56 @@ def run_demo(*, users: int, seed: int, database_url: str, echo: Callable[[str], 
         migrate.upgrade(engine)
     finally:
         engine.dispose()
-    experiment: Experiment = parse_document(DEMO_EXPERIMENT, "demo").experiment
+    spec = parse_document(DEMO_EXPERIMENT, "demo")
     runtime = Runtime.from_settings(settings)
-    runtime.experiments.apply(experiment, actor="demo", start=True)
+    runtime.experiments.apply(spec.experiment, actor="demo", policy=spec.policy_doc, start=True)
     runtime.start()
-    server = build_server(settings, runtime, telemetry.build(settings), address="127.0.0.1:0")
+    tel = telemetry.build(settings)
+    server = build_server(settings, runtime, tel, address="127.0.0.1:0")
     server.start()
-    control, candidate = experiment.arms
+    worker = Worker(runtime.decisions, tel.tracer(), tick_seconds=settings.worker_tick_seconds)
+    control, candidate = spec.experiment.arms
     echo(
-        f"abkit demo: experiment {experiment.key} ({control.key} {control.model_version}, "
-        f"{candidate.key} {candidate.model_version}), store {database_url}"
+        f"abkit demo, scenario {scenario!r}: {control.model_version} (control) against "
+        f"{candidate.model_version}; primary metric conversion (+1 point worth shipping), "
+        "guardrail latency (5 % tolerated); a look every 2 s"
     )
-    rng = random.Random(seed)
-    plan = [(f"user-{i:05d}", rng.choice(PLATFORMS), rng.random()) for i in range(users)]
-    conversions: Counter[str] = Counter()
-    started = time.perf_counter()
+    echo(f"store {database_url}, gRPC on {server.address}, seed {seed}")
+    traffic = Traffic(server.address, chosen, seed)
+    pool = traffic.run()
+    worker.start()
+    started = time.monotonic()
+    seen = 0
+    final: DecisionRecord | None = None
     try:
-        with grpc.insecure_channel(server.address) as channel:
-            stub = pb_grpc.AssignmentServiceStub(channel)
-
-            def visit(user: tuple[str, str, float]) -> str:
-                unit_id, platform, draw = user
-                reply = stub.Assign(
-                    pb.AssignRequest(
-                        unit_id=unit_id,
-                        attributes={"platform": pb.AttributeValue(string_value=platform)},
-                        experiment_keys=[experiment.key],
-                    ),
-                    timeout=5,
-                )
-                version = reply.assignments[0].model_version
-                if draw < CONVERSION_RATE[version]:
-                    stub.Track(
-                        pb.TrackRequest(unit_id=unit_id, metric="conversion", value=1.0), timeout=5
-                    )
-                    return str(reply.assignments[0].arm_key)
-                return ""
-
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                for converted_arm in pool.map(visit, plan):
-                    if converted_arm:
-                        conversions[converted_arm] += 1
-        elapsed = time.perf_counter() - started
-        runtime.flush()
-        counts = runtime.experiments.exposure_counts(experiment.key)
-        with runtime.store.transaction() as tx:
-            events = tx.events.count()
+        while time.monotonic() - started < timeout and final is None:
+            time.sleep(0.2)
+            history = [d for d in runtime.experiments.history(EXPERIMENT_KEY) if d.look is not None]
+            for record in history[seen:]:
+                echo(_line(record, traffic.users))
+                if record.action in ("promote", "rollback", "stop_inconclusive"):
+                    final = record
+            seen = len(history)
+            if users is not None and traffic.users >= users and final is None:
+                continue
     finally:
+        traffic.stop(pool)
+        worker.stop()
         server.stop(grace=2)
         runtime.close()
+        tel.shutdown()
+    elapsed = time.monotonic() - started
+    if final is None:
+        echo(f"no decision within {timeout:.0f} s ({traffic.users:,} users)")
+        return "none"
+    echo("")
     echo(
-        f"served {users} users through gRPC at {server.address} in {elapsed:.1f} s "
-        f"({users / elapsed:,.0f} users/s, each an Assign and maybe a Track)"
+        f"decision after {elapsed:.1f} s and {traffic.users:,} users: {final.action.upper()}"
+        + (f" {final.arm_key}" if final.arm_key else "")
     )
-    total = sum(counts.values()) or 1
-    header = ("arm", "model version", "units", "share", "conversions", "rate")
-    echo("{:<10} {:<14} {:>6} {:>7} {:>12} {:>7}".format(*header))
-    for arm in experiment.arms:
-        n = counts.get(arm.key, 0)
-        c = conversions[arm.key]
-        echo(
-            f"{arm.key:<10} {arm.model_version:<14} {n:>6} {n / total:>7.1%} {c:>12} "
-            f"{(c / n if n else 0):>7.1%}"
-        )
-    echo(f"the store now holds {sum(counts.values())} exposures and {events} events")
-    echo(f"look around: abkit --database-url {database_url} experiment show {experiment.key}")
+    for reason in final.reason.split("; "):
+        echo(f"  - {reason}")
+    echo("")
+    echo(f"audit trail:   abkit --database-url {database_url} experiment history {EXPERIMENT_KEY}")
+    echo(f"experiment:    abkit --database-url {database_url} experiment show {EXPERIMENT_KEY}")
+    return final.action

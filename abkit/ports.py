@@ -64,6 +64,7 @@ class DecisionRecord:
     decided_at: datetime
     arm_key: str | None = None
     snapshot: Mapping[str, Any] = field(default_factory=dict)
+    look: int | None = None
     id: int | None = None
 
 
@@ -127,11 +128,19 @@ class EventRepository(Protocol):
 
 class DecisionRepository(Protocol):
     def add(self, decision: DecisionRecord) -> DecisionRecord:
-        """Append to the audit trail; returns the record with its id."""
+        """Append to the audit trail; returns the record with its id.
+
+        Raises :class:`~abkit.errors.ConflictError` when that look of the experiment is
+        already recorded (another worker got there first).
+        """
         ...
 
     def list(self, experiment_key: str) -> list[DecisionRecord]:
         """The experiment's decisions, oldest first."""
+        ...
+
+    def last_look(self, experiment_key: str) -> DecisionRecord | None:
+        """The worker's most recent look (the highest look number), if any."""
         ...
 
 

@@ -16,6 +16,8 @@ from abkit.clock import SystemClock
 from abkit.config import Settings
 from abkit.core.assignment import Exposure
 from abkit.core.model import Event
+from abkit.decisions import DecisionService
+from abkit.notify import WebhookNotifier
 from abkit.ports import Clock, Store
 from abkit.services import AssignmentService, ConfigCache, ExperimentService
 from abkit.store.sql import SqlStore
@@ -48,6 +50,8 @@ class Runtime:
             self.config, self.exposure_writer, self.event_writer, self.clock
         )
         self.experiments = ExperimentService(store, self.clock)
+        self.webhooks = WebhookNotifier()
+        self.decisions = DecisionService(store, self.clock, listeners=(self.webhooks,))
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
 
@@ -95,5 +99,6 @@ class Runtime:
                 self.exposure_writer.stats(),
                 self.event_writer.stats(),
             )
+        self.webhooks.close(timeout)
         self.store.close()
         return clean

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import builtins
-
 import logging
 import os
 import threading
@@ -234,6 +233,10 @@ class ApplyResult:
 # What a running (or paused) experiment must keep: changing any of these would move units between
 # arms or change who is in the experiment, and mix two experiments in one analysis.
 IMMUTABLE_WHEN_STARTED = ("arms", "salt", "hash_version", "model", "layer", "holdout", "targeting")
+# Policy knobs that change neither the hypotheses nor the error rates of a started experiment.
+MUTABLE_POLICY_WHEN_STARTED = (
+    "look_interval", "max_duration", "min_duration", "ramp", "ramp_step", "webhook",
+)  # fmt: skip
 # A concluded experiment is history: only its description may still be edited.
 MUTABLE_WHEN_CONCLUDED = ("name", "description")
 
@@ -297,8 +300,7 @@ class ExperimentService:
             old = current.experiment
             new = replace(experiment, status=old.status, rollout_arm=old.rollout_arm)
             changed = _changed_fields(old, new)
-            if current.policy != policy:
-                changed.append("policy")
+            changed += [f"policy.{k}" for k in _changed_policy(current.policy, policy)]
             if changed:
                 _check_change_allowed(old, changed)
                 validate_catalog([*others, new])
@@ -396,6 +398,16 @@ def _changed_fields(old: Experiment, new: Experiment) -> list[str]:
     return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+def _changed_policy(
+    old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
+) -> builtins.list[str]:
+    if old == new:
+        return []
+    if old is None or new is None:
+        return ["(all)"]
+    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
 def _check_change_allowed(old: Experiment, changed: Sequence[str]) -> None:
     if old.status is ExperimentStatus.DRAFT:
         return
@@ -408,11 +420,20 @@ def _check_change_allowed(old: Experiment, changed: Sequence[str]) -> None:
                 "a new experiment key."
             )
         return
-    refused = [f for f in changed if f in IMMUTABLE_WHEN_STARTED]
+    refused = [
+        f
+        for f in changed
+        if f in IMMUTABLE_WHEN_STARTED
+        or (
+            f.startswith("policy.") and f.removeprefix("policy.") not in MUTABLE_POLICY_WHEN_STARTED
+        )
+    ]
     if refused:
         raise ConflictError(
             f"experiment {old.key!r} is {old.status}: its {', '.join(refused)} cannot change, "
-            "because that would move units between arms and mix two experiments in one analysis. "
-            "Apply the new setup under a new experiment key (and pause this one), or keep these "
-            "fields as they are. Coverage, overrides, name and description may change."
+            "because that would move units between arms, or change the hypotheses or error rates "
+            "of an analysis in progress. Apply the new setup under a new experiment key (and "
+            "pause this one), or keep these fields as they are. Coverage, overrides, name, "
+            "description and the policy's look_interval, min/max_duration, ramp, ramp_step and "
+            "webhook may change."
         )

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from abkit.core.model import Experiment
+from abkit.core.policy import Policy, policy_from_dict, policy_to_dict
 from abkit.core.spec import EXPERIMENT_FIELDS, experiment_from_dict
 from abkit.errors import ValidationError
 
@@ -24,7 +25,12 @@ POLICY_FIELD = "policy"
 @dataclass(frozen=True, slots=True)
 class ExperimentFile:
     experiment: Experiment
-    policy: Mapping[str, Any] | None
+    policy: Policy | None
+
+    @property
+    def policy_doc(self) -> dict[str, Any] | None:
+        """The normalised policy as stored (durations in seconds)."""
+        return None if self.policy is None else policy_to_dict(self.policy)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -63,14 +69,11 @@ def parse_document(text: str, source: str = "<string>") -> ExperimentFile:
         raise ValidationError(source, "must contain one experiment: a mapping with key and arms")
     body = {k: v for k, v in doc.items() if k != POLICY_FIELD}
     try:
-        experiment = experiment_from_dict(body)
+        experiment = experiment_from_dict(body, extra_fields=(POLICY_FIELD,))
+        policy = None if doc.get(POLICY_FIELD) is None else policy_from_dict(doc[POLICY_FIELD])
     except ValidationError as exc:
-        raise ValidationError(
-            f"{source}: {exc.field}" if exc.field else source, exc.message
-        ) from None
-    policy = doc.get(POLICY_FIELD)
-    if policy is not None and not isinstance(policy, Mapping):
-        raise ValidationError(f"{source}: policy", "must be a mapping")
+        where = f"{source}: {exc.field}" if exc.field else source
+        raise ValidationError(where, exc.message) from None
     return ExperimentFile(experiment, policy)
 
 

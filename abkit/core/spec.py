@@ -92,13 +92,14 @@ def experiment_from_dict(
     *,
     status: ExperimentStatus = ExperimentStatus.DRAFT,
     rollout_arm: str | None = None,
+    extra_fields: Sequence[str] = (),
 ) -> Experiment:
     """Validate an experiment document.
 
     ``status`` and ``rollout_arm`` come from the store, never from a file.
     """
     d = _mapping(doc, "experiment")
-    _check_fields(d, EXPERIMENT_FIELDS, "", required=("key", "arms"))
+    _check_fields(d, (*EXPERIMENT_FIELDS, *extra_fields), "", required=("key", "arms"))
     raw_arms = d["arms"]
     if not isinstance(raw_arms, Sequence) or isinstance(raw_arms, str):
         raise ValidationError("arms", "must be a list of arms")

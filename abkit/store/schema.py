@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -209,8 +210,14 @@ class DecisionRow(Base):
     config_checksum: Mapped[str] = mapped_column(String(CHECKSUM))
     snapshot: Mapped[dict[str, Any]]
     decided_at: Mapped[datetime]
+    look: Mapped[int | None] = mapped_column(Integer)
+    """The worker's look number (1, 2, ...); NULL for manual actions. Unique per experiment, so
+    two workers racing on the same look cannot both record (and act on) it."""
 
-    __table_args__ = (Index("ix_decisions_experiment_time", "experiment_key", "decided_at"),)
+    __table_args__ = (
+        Index("ix_decisions_experiment_time", "experiment_key", "decided_at"),
+        UniqueConstraint("experiment_key", "look", name="uq_decisions_experiment_look"),
+    )
 
 
 class ModelVersionRow(Base):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -282,7 +283,7 @@ class SqlDecisions:
         self._conn = conn
 
     def add(self, decision: DecisionRecord) -> DecisionRecord:
-        new_id = self._conn.execute(
+        statement = (
             insert(_DECISIONS)
             .values(
                 experiment_key=decision.experiment_key,
@@ -293,20 +294,35 @@ class SqlDecisions:
                 config_checksum=decision.config_checksum,
                 snapshot=dict(decision.snapshot),
                 decided_at=decision.decided_at,
+                look=decision.look,
             )
             .returning(_DECISIONS.c.id)
-        ).scalar_one()
-        return DecisionRecord(
-            experiment_key=decision.experiment_key,
-            action=decision.action,
-            reason=decision.reason,
-            actor=decision.actor,
-            config_checksum=decision.config_checksum,
-            decided_at=decision.decided_at,
-            arm_key=decision.arm_key,
-            snapshot=decision.snapshot,
-            id=new_id,
         )
+        try:
+            with self._conn.begin_nested():
+                new_id = self._conn.execute(statement).scalar_one()
+        except IntegrityError as exc:
+            if decision.look is not None and "look" in str(exc.orig):
+                raise ConflictError(
+                    f"look {decision.look} of {decision.experiment_key!r} is already recorded"
+                ) from None
+            raise
+        return replace(decision, id=new_id)
+
+    def last_look(self, experiment_key: str) -> DecisionRecord | None:
+        row = (
+            self._conn.execute(
+                select(_DECISIONS)
+                .where(
+                    _DECISIONS.c.experiment_key == experiment_key, _DECISIONS.c.look.is_not(None)
+                )
+                .order_by(_DECISIONS.c.look.desc())
+                .limit(1)
+            )
+            .mappings()
+            .one_or_none()
+        )
+        return None if row is None else _decision(row)
 
     def list(self, experiment_key: str) -> builtins.list[DecisionRecord]:
         rows = self._conn.execute(
@@ -314,20 +330,22 @@ class SqlDecisions:
             .where(_DECISIONS.c.experiment_key == experiment_key)
             .order_by(_DECISIONS.c.decided_at, _DECISIONS.c.id)
         ).mappings()
-        return [
-            DecisionRecord(
-                experiment_key=r["experiment_key"],
-                action=r["action"],
-                reason=r["reason"],
-                actor=r["actor"],
-                config_checksum=r["config_checksum"],
-                decided_at=r["decided_at"],
-                arm_key=r["arm_key"],
-                snapshot=r["snapshot"],
-                id=r["id"],
-            )
-            for r in rows
-        ]
+        return [_decision(r) for r in rows]
+
+
+def _decision(r: Any) -> DecisionRecord:
+    return DecisionRecord(
+        experiment_key=r["experiment_key"],
+        action=r["action"],
+        reason=r["reason"],
+        actor=r["actor"],
+        config_checksum=r["config_checksum"],
+        decided_at=r["decided_at"],
+        arm_key=r["arm_key"],
+        snapshot=r["snapshot"],
+        look=r["look"],
+        id=r["id"],
+    )
 
 
 class SqlModels:

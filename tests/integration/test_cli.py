@@ -168,13 +168,89 @@ def test_grpc_server_serves_and_stops_gracefully_on_sigterm(sql_url: str) -> Non
     store.close()
 
 
-def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'demo.db'}"
-    result = subprocess.run(
-        [sys.executable, "-m", "abkit", "demo", "--users", "400", "--database-url", url],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "served 400 users through gRPC" in result.stdout
-    assert "the store now holds 400 exposures" in result.stdout
-    assert "ranker-v1" in result.stdout and "ranker-v2" in result.stdout
+def test_the_three_demo_scenarios_end_as_stated(tmp_path: Path) -> None:
+    expected = {
+        "promote": "PROMOTE candidate",
+        "harmful": "ROLLBACK control",
+        "aa": "STOP_INCONCLUSIVE control",
+    }
+    procs = {}
+    for scenario in expected:  # in parallel: the aa scenario waits out its 30 s maximum duration
+        url = f"sqlite:///{tmp_path / scenario}.db"
+        procs[scenario] = subprocess.Popen(
+            [sys.executable, "-m", "abkit", "demo", "--scenario", scenario, "--database-url", url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        )  # fmt: skip
+    outputs = {}
+    for scenario, proc in procs.items():
+        out, err = proc.communicate(timeout=150)
+        assert proc.returncode == 0, f"{scenario}: {out}\n{err}"
+        assert "decision after" in out and expected[scenario] in out, out
+        assert "look  1" in out and "audit trail:" in out
+        outputs[scenario] = out
+    assert "guardrail latency_ms is harmed" in outputs["harmful"]
+    assert "conversion improved in candidate" in outputs["promote"]
+
+
+def test_history_and_manual_controls(sql_url: str) -> None:
+    abkit("experiment", "apply", "-f", str(EXAMPLE), "--start", url=sql_url)
+    out = abkit(
+        "experiment", "promote", "ranker-v2", "candidate", "--reason", "QA sign-off", url=sql_url
+    )
+    assert "promoted candidate (QA sign-off)" in out.stdout
+    again = abkit("experiment", "promote", "ranker-v2", "candidate", url=sql_url, check=False)
+    assert again.returncode == 4 and "already rolled out" in again.stderr
+    assert (
+        "rolled back to control" in abkit("experiment", "rollback", "ranker-v2", url=sql_url).stdout
+    )
+    history = abkit("experiment", "history", "ranker-v2", url=sql_url).stdout.splitlines()
+    assert [line.split()[3] for line in history] == ["create+start", "promote", "rollback"]
+    assert "by tester: QA sign-off" in history[1]
+    unknown = abkit("experiment", "promote", "ranker-v2", "nope", url=sql_url, check=False)
+    assert unknown.returncode == 2 and "'nope' is not one of" in unknown.stderr
+
+
+def test_two_worker_processes_on_postgresql_promote_once(pg_url: str, tmp_path: Path) -> None:
+    from abkit.store.sql import SqlStore
+    from tests.helpers import traffic
+
+    text = EXAMPLE.read_text() + (
+        "policy:\n"
+        "  primary: {metric: conversion, kind: binary, minimum_effect: 0.01}\n"
+        "  min_units_per_arm: 100\n"
+        "  look_interval: 1s\n"
+    )
+    abkit("experiment", "apply", "-f", write(tmp_path, text), "--start", url=pg_url)
+    store = SqlStore.from_url(pg_url)
+    traffic(store, units=8000, lift=0.1, seed=11)
+    env = {**os.environ, "ABKIT_DATABASE_URL": pg_url, "ABKIT_WORKER_TICK_SECONDS": "0.1"}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "abkit", "worker"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with store.transaction() as tx:
+                if tx.experiments.get("ranker-v2").experiment.status.value == "concluded":
+                    break
+            time.sleep(0.2)
+        time.sleep(1.5)  # let both workers take a few more ticks
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            assert w.wait(timeout=30) == 0
+    with store.transaction() as tx:
+        history = tx.decisions.list("ranker-v2")
+        live = [v.version for v in tx.models.versions("ranker") if v.status == "live"]
+    store.close()
+    assert [d.action for d in history].count("promote") == 1
+    looks = [d.look for d in history if d.look is not None]
+    assert looks == sorted(set(looks))  # no look recorded twice
+    assert live == ["ranker-v2"]

@@ -136,13 +136,28 @@ class MemoryDecisions:
     def add(self, decision: DecisionRecord) -> DecisionRecord:
         if decision.experiment_key not in self._s.experiments:
             raise NotFoundError(f"experiment {decision.experiment_key!r} does not exist")
+        if decision.look is not None and any(
+            d.experiment_key == decision.experiment_key and d.look == decision.look
+            for d in self._s.decisions
+        ):
+            raise ConflictError(
+                f"look {decision.look} of {decision.experiment_key!r} is already recorded"
+            )
         stored = replace(decision, id=len(self._s.decisions) + 1)
         self._s.decisions.append(stored)
         return stored
 
-    def list(self, experiment_key: str) -> list[DecisionRecord]:
+    def list(self, experiment_key: str) -> builtins.list[DecisionRecord]:
         found = [d for d in self._s.decisions if d.experiment_key == experiment_key]
         return sorted(found, key=lambda d: (d.decided_at, d.id or 0))
+
+    def last_look(self, experiment_key: str) -> DecisionRecord | None:
+        looks = [
+            d
+            for d in self._s.decisions
+            if d.experiment_key == experiment_key and d.look is not None
+        ]
+        return max(looks, key=lambda d: d.look or 0, default=None)
 
 
 class MemoryModels:
