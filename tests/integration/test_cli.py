@@ -83,7 +83,7 @@ def test_changing_a_running_experiments_arms_is_refused_with_a_way_out(
     assert result.returncode == 4
     assert "arms cannot change" in result.stderr and "new experiment key" in result.stderr
     # Coverage may change (a ramp): allowed, and recorded.
-    ramp = EXAMPLE.read_text().replace("coverage: 1.0", "coverage: 0.5")
+    ramp = EXAMPLE.read_text().replace("coverage: 0.05 ", "coverage: 0.25 ")
     out = abkit("experiment", "apply", "-f", write(tmp_path, ramp, "ramp.yaml"), url=sql_url).stdout
     assert "updated (coverage)" in out
 
@@ -214,7 +214,7 @@ def test_two_worker_processes_on_postgresql_promote_once(pg_url: str, tmp_path: 
     from abkit.store.sql import SqlStore
     from tests.helpers import traffic
 
-    text = EXAMPLE.read_text() + (
+    text = EXAMPLE.read_text().split("policy:")[0] + (
         "policy:\n"
         "  primary: {metric: conversion, kind: binary, minimum_effect: 0.01}\n"
         "  min_units_per_arm: 100\n"
