@@ -4,12 +4,20 @@
 and returns. A daemon thread takes up to ``batch_size`` records at a time -- as soon as a batch is
 full, or every ``flush_interval`` seconds -- and hands them to the sink (one transaction per
 batch). Sinks are idempotent (first exposure per experiment and unit; one event per event id), so
-a batch retried after a failure cannot double count.
+a batch written twice cannot double count.
 
-When the queue is full, ``submit`` refuses the whole batch and counts it as dropped: the caller
-decides what that means (an exposure is dropped, a Track call answers UNAVAILABLE so the client
-retries). When the sink fails, the batch is retried with exponential back-off while new records
-keep queueing. ``close`` stops intake, drains the queue and joins the thread.
+**Store outage.** When the sink raises :class:`~abkit.errors.StoreUnavailableError`, the batch
+goes to the on-disk :class:`~abkit.spool.Spool` (fsync'd), and so does every later batch while
+the spool is not empty, which keeps the order. The thread replays the spool, oldest first, as
+soon as the store answers again. Without a spool (tests), the batch is retried from memory.
+
+**Full.** When the queue is full, ``submit`` refuses the whole batch and counts it as dropped:
+the caller decides what that means (an exposure is dropped, a Track call answers UNAVAILABLE so
+the client retries). The spool itself is bounded (see :mod:`abkit.spool`): when it is full,
+batches stay in memory, the queue fills, and ``submit`` starts refusing -- back-pressure rather
+than silently losing records that were already accepted.
+
+``close`` stops intake, writes (or spools) everything queued and joins the thread.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from abkit.errors import AbkitError
+from abkit.errors import AbkitError, StoreUnavailableError
+from abkit.spool import Spool, SpoolFull
 
 T = TypeVar("T")
 
@@ -37,10 +46,13 @@ class WriterStats:
     dropped: int
     failed_flushes: int
     queued: int
+    spooled: int = 0
+    replayed: int = 0
+    spool_bytes: int = 0
 
 
 class BufferedWriter(Generic[T]):
-    """A bounded queue drained into ``sink`` by one background thread."""
+    """A bounded queue drained into ``sink`` by one background thread, spooling on outages."""
 
     def __init__(
         self,
@@ -51,6 +63,7 @@ class BufferedWriter(Generic[T]):
         flush_interval: float = 0.2,
         queue_size: int = 100_000,
         max_backoff: float = 5.0,
+        spool: Spool[T] | None = None,
     ) -> None:
         self.name = name
         self._sink = sink
@@ -58,18 +71,32 @@ class BufferedWriter(Generic[T]):
         self._flush_interval = flush_interval
         self._queue_size = queue_size
         self._max_backoff = max_backoff
+        self._spool = spool
         self._queue: deque[T] = deque()
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
         self._accepted = 0
-        self._done = 0  # accepted records that left the queue (written, duplicate or given up)
+        self._done = 0  # accepted records now in the store (or given up)
         self._written = 0
         self._duplicates = 0
         self._dropped = 0
         self._failed_flushes = 0
         self._in_flight = 0
         self._flush_waiters = 0
+        self._spooled = 0  # records sitting in the spool now
+        self._spooled_total = 0
+        self._replayed = 0
+        self._store_down_until = 0.0
+        self._backoff = 0.05
+        self._down = False
+        if spool is not None:
+            # Records a previous process spooled were accepted then; they count as accepted now,
+            # so flush() waits for them too.
+            self._spooled = spool.record_count()
+            self._accepted = self._spooled
+
+    # -- the caller's side -----------------------------------------------------------------------
 
     def start(self) -> None:
         if self._thread is None:
@@ -91,7 +118,7 @@ class BufferedWriter(Generic[T]):
             return True
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything accepted so far has been handled; False on timeout."""
+        """Wait until everything accepted so far is in the store; False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
             target = self._accepted
@@ -108,7 +135,11 @@ class BufferedWriter(Generic[T]):
                 self._flush_waiters -= 1
 
     def close(self, timeout: float = 10.0) -> bool:
-        """Stop accepting, write what is queued, stop the thread. False if records remained."""
+        """Stop accepting; write or spool what is queued; stop the thread.
+
+        True when nothing accepted is left in memory (it is in the store or, durably, in the
+        spool for the next start to replay).
+        """
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -117,7 +148,7 @@ class BufferedWriter(Generic[T]):
             if self._thread.is_alive():
                 return False
         else:
-            self._drain_once(give_up_on_error=True)
+            self._final_drain()
         with self._cond:
             return not self._queue and self._in_flight == 0
 
@@ -130,7 +161,17 @@ class BufferedWriter(Generic[T]):
                 dropped=self._dropped,
                 failed_flushes=self._failed_flushes,
                 queued=len(self._queue) + self._in_flight,
+                spooled=self._spooled_total,
+                replayed=self._replayed,
+                spool_bytes=self._spool.bytes if self._spool is not None else 0,
             )
+
+    @property
+    def degraded(self) -> bool:
+        """True while the store refuses writes (records are being spooled or held)."""
+        return time.monotonic() < self._store_down_until or self._spooled > 0
+
+    # -- the thread ------------------------------------------------------------------------------
 
     def _take(self) -> list[T]:
         batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
@@ -138,7 +179,8 @@ class BufferedWriter(Generic[T]):
         return batch
 
     def _run(self) -> None:
-        backoff = 0.05
+        if self._spooled:
+            self._replay()  # batches a previous process spooled are older than anything queued
         while True:
             with self._cond:
                 # Wait for a full batch, the flush interval, a flush() call or close().
@@ -152,45 +194,47 @@ class BufferedWriter(Generic[T]):
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
-                if not self._queue:
-                    if self._closing:
+                closing = self._closing
+                batch = self._take() if self._queue else []
+            if batch:
+                self._handle(batch, closing=closing)
+            if self._spooled and time.monotonic() >= self._store_down_until:
+                self._replay()
+            if closing and not batch:
+                with self._cond:
+                    if not self._queue:
                         return
-                    continue
-                batch = self._take()
-                give_up = self._closing and backoff >= self._max_backoff
-            if self._write(batch, give_up=give_up):
-                backoff = 0.05
-            else:
-                time.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
 
-    def _drain_once(self, *, give_up_on_error: bool) -> None:
-        while True:
-            with self._cond:
-                if not self._queue:
-                    return
-                batch = self._take()
-            if not self._write(batch, give_up=give_up_on_error):
+    def _handle(self, batch: list[T], *, closing: bool) -> None:
+        if self._spooled == 0 and time.monotonic() >= self._store_down_until:
+            if self._write(batch):
                 return
+        if self._spool is not None:
+            try:
+                self._spool.append(batch)
+            except (SpoolFull, OSError) as exc:
+                log.error("writer %s cannot spool (%s); holding the batch in memory", self.name, exc)
+            else:
+                with self._cond:
+                    self._spooled += len(batch)
+                    self._spooled_total += len(batch)
+                    self._in_flight = 0
+                    self._cond.notify_all()
+                return
+        with self._cond:  # keep it, in order, and try again after the back-off
+            self._queue.extendleft(reversed(batch))
+            self._in_flight = 0
+        time.sleep(min(self._backoff, 0.5 if closing else self._backoff))
 
-    def _write(self, batch: list[T], *, give_up: bool) -> bool:
+    def _write(self, batch: list[T]) -> bool:
         try:
             new = self._sink(batch)
         except AbkitError as exc:
             with self._cond:
                 self._failed_flushes += 1
-                if give_up:
-                    self._dropped += len(batch)
-                    self._done += len(batch)
-                    self._in_flight = 0
-                    log.error("writer %s dropped %d records: %s", self.name, len(batch), exc)
-                else:
-                    # Put the batch back in front, in order, and retry after a back-off.
-                    self._queue.extendleft(reversed(batch))
-                    self._in_flight = 0
-                    log.warning("writer %s: flush failed, will retry: %s", self.name, exc)
-                self._cond.notify_all()
-            return give_up
+            self._mark_down(exc)
+            return False
+        self._mark_up()
         with self._cond:
             self._written += new
             self._duplicates += len(batch) - new
@@ -198,3 +242,67 @@ class BufferedWriter(Generic[T]):
             self._in_flight = 0
             self._cond.notify_all()
         return True
+
+    def _mark_down(self, exc: AbkitError) -> None:
+        if not self._down:  # log the transition, not every retry
+            level = logging.WARNING if isinstance(exc, StoreUnavailableError) else logging.ERROR
+            where = "spooling to disk" if self._spool is not None else "holding in memory"
+            log.log(level, "writer %s: the store refuses writes (%s); %s", self.name, exc, where)
+            self._down = True
+        self._store_down_until = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self._max_backoff)
+
+    def _mark_up(self) -> None:
+        self._backoff = 0.05
+        if self._down:
+            self._down = False
+            log.warning("writer %s: the store accepts writes again", self.name)
+
+    def _replay(self) -> None:
+        """Write the spool to the store, oldest segment first, until done or the store fails."""
+        if self._spool is None:
+            return
+        while True:
+            oldest = self._spool.oldest()
+            if oldest is None:
+                with self._cond:
+                    self._spooled = 0
+                return
+            path, batches = oldest
+            for batch in batches:
+                try:
+                    new = self._sink(batch)
+                except AbkitError as exc:
+                    with self._cond:
+                        self._failed_flushes += 1
+                    self._mark_down(exc)
+                    return  # the segment stays; replaying it again duplicates nothing
+                with self._cond:
+                    self._written += new
+                    self._duplicates += len(batch) - new
+                    self._replayed += len(batch)
+                    self._done += len(batch)
+                    self._spooled = max(0, self._spooled - len(batch))
+                    self._cond.notify_all()
+            self._spool.remove(path)
+            self._mark_up()
+
+    def _final_drain(self) -> None:
+        """``close`` without a thread: handle the queue once, synchronously."""
+        while True:
+            with self._cond:
+                if not self._queue:
+                    return
+                batch = self._take()
+            if not self._write(batch):
+                if self._spool is not None:
+                    try:
+                        self._spool.append(batch)
+                        continue
+                    except (SpoolFull, OSError):
+                        pass
+                with self._cond:
+                    self._dropped += len(batch)
+                    self._done += len(batch)
+                    self._in_flight = 0
+                return
