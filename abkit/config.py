@@ -33,6 +33,8 @@ class Settings:
     """Where the results page listens."""
     admin_token: str = ""
     """Bearer token for admin actions; empty disables them."""
+    web_token: str = ""
+    """Token for reading the results pages and API (bearer or login form); empty: open."""
     grpc_workers: int = 16
     """Thread pool size of the gRPC server."""
     grpc_grace_seconds: float = 10.0
@@ -45,6 +47,27 @@ class Settings:
     """Longest time an accepted exposure or event waits in memory before a flush."""
     writer_queue_size: int = 100_000
     """Bounded in-memory queue of the writer; beyond it records are counted as dropped."""
+    spool_dir: str = ""
+    """Where exposures and events wait on disk while the store is unreachable (fsync'd, replayed
+    in order when it returns). Default: next to an SQLite file (``abkit.db-spool``), else
+    ``./abkit-spool``. ``off`` disables it (records then wait in memory only)."""
+    spool_max_mb: int = 1024
+    """Bound of the spool per writer; when full, Track answers UNAVAILABLE (back-pressure)."""
+    api_token: str = ""
+    """When set, Track/TrackBatch (and Assign, see below) need ``authorization: Bearer <token>``."""
+    api_token_for_assign: bool = False
+    """Also require the API token for Assign/AssignBatch."""
+    tls_cert: str = ""
+    """PEM certificate chain of the gRPC server; with ``tls_key``, the server speaks TLS only."""
+    tls_key: str = ""
+    """PEM private key of ``tls_cert``."""
+    tls_client_ca: str = ""
+    """PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."""
+    unit_id_key: str = ""
+    """When set, unit ids are stored as HMAC-SHA256(key, unit id) (pseudonymisation); assignment
+    still hashes the raw id, so nobody changes arm."""
+    metrics_port: int = 0
+    """When > 0, a Prometheus scrape endpoint on this port (in addition to OTLP via OTEL_*)."""
     worker_tick_seconds: float = 1.0
     """How often the worker checks which experiments are due for a look."""
     actor: str = ""
@@ -52,6 +75,20 @@ class Settings:
     otel_traces_exporter: str = field(default="none", metadata={"env": "OTEL_TRACES_EXPORTER"})
     """The standard OpenTelemetry variable: ``none`` (default), ``console`` or ``otlp``
     (comma-separated). Every other ``OTEL_*`` variable is read by the SDK itself."""
+    otel_metrics_exporter: str = field(default="none", metadata={"env": "OTEL_METRICS_EXPORTER"})
+    """``none`` (default), ``console`` or ``otlp``; see also ``metrics_port`` for Prometheus."""
+
+    @property
+    def spool_path(self) -> str | None:
+        """The spool directory to use, or None when disabled."""
+        if self.spool_dir.lower() == "off":
+            return None
+        if self.spool_dir:
+            return self.spool_dir
+        prefix = "sqlite:///"
+        if self.database_url.startswith(prefix) and self.database_url != prefix + ":memory:":
+            return self.database_url.removeprefix(prefix) + "-spool"
+        return "abkit-spool"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -69,7 +106,7 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
-        for name in ("grpc_workers", "writer_batch_size", "writer_queue_size"):
+        for name in ("grpc_workers", "writer_batch_size", "writer_queue_size", "spool_max_mb"):
             if getattr(self, name) < 1:
                 raise ValidationError(f"ABKIT_{name.upper()}", "must be at least 1")
         for name in (
@@ -83,6 +120,16 @@ class Settings:
                 raise ValidationError(f"ABKIT_{name.upper()}", "must be a positive number")
         if not self.database_url:
             raise ValidationError("ABKIT_DATABASE_URL", "must not be empty")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValidationError(
+                "ABKIT_TLS_CERT", "TLS needs both ABKIT_TLS_CERT and ABKIT_TLS_KEY (PEM files)"
+            )
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValidationError(
+                "ABKIT_TLS_CLIENT_CA", "mutual TLS needs the server's own ABKIT_TLS_CERT and KEY"
+            )
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValidationError("ABKIT_METRICS_PORT", "must be a port number (0 disables)")
 
 
 def _os_user(env: Mapping[str, str]) -> str:
@@ -95,7 +142,16 @@ def _os_user(env: Mapping[str, str]) -> str:
         return "unknown"
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
 def _parse(name: str, raw: str, kind: type) -> object:
+    if kind is bool:
+        value = raw.strip().lower()
+        if value in _TRUE | _FALSE:
+            return value in _TRUE
+        raise ValidationError(name, f"expected true or false, got {raw!r}")
     try:
         if kind is int:
             return int(raw)

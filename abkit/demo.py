@@ -17,6 +17,7 @@ each look, until the worker decides:
 from __future__ import annotations
 
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -24,9 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from abkit import telemetry
+from abkit.client import Client, TrackEvent
 from abkit.config import Settings
 from abkit.errors import ValidationError
 from abkit.ports import DecisionRecord
@@ -35,8 +35,6 @@ from abkit.runtime import Runtime
 from abkit.specfile import parse_document
 from abkit.store import migrate
 from abkit.store.engine import create_store_engine, normalize_url
-from abkit.v1 import assignment_pb2 as pb
-from abkit.v1 import assignment_pb2_grpc as pb_grpc
 from abkit.worker import Worker
 
 EXPERIMENT_KEY = "demo-ranker"
@@ -90,14 +88,14 @@ def _fresh_sqlite(url: str) -> None:
     if parsed.database and parsed.database != ":memory:":
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(parsed.database + suffix).unlink(missing_ok=True)
+        shutil.rmtree(parsed.database + "-spool", ignore_errors=True)
 
 
 class Traffic:
-    """Simulated users of the calling service, sent through gRPC until told to stop."""
+    """Simulated users of the calling service, sent through the abkit client until told to stop."""
 
     def __init__(self, address: str, scenario: Scenario, seed: int) -> None:
-        self._channel = grpc.insecure_channel(address)
-        self._stub = pb_grpc.AssignmentServiceStub(self._channel)
+        self._client = Client(address, timeout=5)
         self._scenario = scenario
         self._seed = seed
         self._stop = threading.Event()
@@ -107,25 +105,18 @@ class Traffic:
     def _visit(self, i: int) -> None:
         rng = random.Random(f"{self._seed}:{i}")
         unit = f"user-{i:06d}"
-        reply = self._stub.Assign(
-            pb.AssignRequest(
-                unit_id=unit,
-                attributes={"platform": pb.AttributeValue(string_value=rng.choice(PLATFORMS))},
-                experiment_keys=[EXPERIMENT_KEY],
-            ),
-            timeout=5,
+        answer = self._client.assign(
+            unit,
+            EXPERIMENT_KEY,
+            default="ranker-v1",
+            attributes={"platform": rng.choice(PLATFORMS)},
         )
-        version = reply.assignments[0].model_version  # the service routes on this
-        events = [
-            pb.TrackRequest(
-                unit_id=unit,
-                metric="latency_ms",
-                value=max(1.0, rng.gauss(self._scenario.latency_ms[version], 25.0)),
-            )
-        ]
+        version = answer.model_version  # the service routes on this
+        latency = max(1.0, rng.gauss(self._scenario.latency_ms[version], 25.0))
+        events = [TrackEvent(unit, "latency_ms", latency)]
         if rng.random() < self._scenario.conversion[version]:
-            events.append(pb.TrackRequest(unit_id=unit, metric="conversion"))
-        self._stub.TrackBatch(pb.TrackBatchRequest(events=events), timeout=5)
+            events.append(TrackEvent(unit, "conversion"))
+        self._client.track_many(events)
 
     def _lane(self, lane: int, lanes: int) -> None:
         i = lane
@@ -144,7 +135,7 @@ class Traffic:
     def stop(self, pool: ThreadPoolExecutor) -> None:
         self._stop.set()
         pool.shutdown(wait=True)
-        self._channel.close()
+        self._client.close()
 
 
 def _line(record: DecisionRecord, users: int) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime
+from pathlib import Path
 from collections.abc import Sequence
 
 from abkit.clock import SystemClock
@@ -20,10 +22,27 @@ from abkit.decisions import DecisionService
 from abkit.notify import WebhookNotifier
 from abkit.ports import Clock, Store
 from abkit.services import AssignmentService, ConfigCache, ExperimentService
+from abkit.spool import Spool
 from abkit.store.sql import SqlStore
 from abkit.writer import BufferedWriter
 
 log = logging.getLogger(__name__)
+
+
+def _encode(row: Exposure | Event) -> list[object]:
+    return [v.isoformat() if isinstance(v, datetime) else v for v in row]
+
+
+def _decode_exposure(doc: list[object]) -> Exposure:
+    values = list(doc)
+    values[5] = datetime.fromisoformat(str(values[5]))
+    return Exposure(*values)  # type: ignore[arg-type]
+
+
+def _decode_event(doc: list[object]) -> Event:
+    values = list(doc)
+    values[4] = datetime.fromisoformat(str(values[4]))
+    return Event(*values)  # type: ignore[arg-type]
 
 
 class Runtime:
@@ -69,6 +88,16 @@ class Runtime:
 
     def start(self) -> None:
         """Load the config (best effort), start the writers and the periodic refresher."""
+        spool_path = self.settings.spool_path
+        if spool_path is not None:
+            root = Path(spool_path)
+            limit = self.settings.spool_max_mb << 20
+            self.exposure_writer.attach_spool(
+                Spool(root / "exposures", encode=_encode, decode=_decode_exposure, max_bytes=limit)
+            )
+            self.event_writer.attach_spool(
+                Spool(root / "events", encode=_encode, decode=_decode_event, max_bytes=limit)
+            )
         self.config.refresh()
         self.exposure_writer.start()
         self.event_writer.start()
@@ -81,6 +110,15 @@ class Runtime:
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.settings.config_refresh_seconds):
             self.config.refresh()
+
+    @property
+    def degraded(self) -> bool:
+        """True while the store is unreachable for writes or for config refreshes."""
+        return (
+            self.exposure_writer.degraded
+            or self.event_writer.degraded
+            or self.config.last_error is not None
+        )
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every exposure and event accepted so far is in the store."""

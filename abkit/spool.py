@@ -16,6 +16,7 @@ while Assign keeps answering and counts the exposures it could not log.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -35,6 +36,10 @@ class SpoolFull(Exception):  # noqa: N818 -- reads as a condition, like queue.Fu
     """The spool holds ``max_bytes`` already."""
 
 
+class SpoolInUse(Exception):  # noqa: N818
+    """Another process holds the spool directory."""
+
+
 class Spool(Generic[T]):
     def __init__(
         self,
@@ -47,6 +52,17 @@ class Spool(Generic[T]):
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        # One process per spool: two writers appending to and deleting the same segments would
+        # replay each other's batches out of order.
+        self._lock_file = open(self.directory / ".lock", "a")  # noqa: SIM115 -- held for life
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise SpoolInUse(
+                f"the spool {self.directory} is used by another abkit process; give each "
+                "process its own ABKIT_SPOOL_DIR"
+            ) from None
         self._encode = encode
         self._decode = decode
         self._max_bytes = max_bytes
@@ -121,6 +137,10 @@ class Spool(Generic[T]):
         with self._lock:
             segments = self._segments()
         return sum(len(batch) for path in segments for batch in self._read(path))
+
+    def close(self) -> None:
+        """Release the directory lock (the spooled batches stay for the next process)."""
+        self._lock_file.close()
 
     def remove(self, path: Path) -> None:
         with self._lock:

@@ -91,12 +91,21 @@ class BufferedWriter(Generic[T]):
         self._backoff = 0.05
         self._down = False
         if spool is not None:
-            # Records a previous process spooled were accepted then; they count as accepted now,
-            # so flush() waits for them too.
-            self._spooled = spool.record_count()
-            self._accepted = self._spooled
+            self.attach_spool(spool)
 
     # -- the caller's side -----------------------------------------------------------------------
+
+    def attach_spool(self, spool: Spool[T]) -> None:
+        """Use ``spool`` from now on (call before :meth:`start`); replays what it holds.
+
+        Records a previous process spooled were accepted then; they count as accepted now, so
+        :meth:`flush` waits for them too.
+        """
+        with self._cond:
+            self._spool = spool
+            count = spool.record_count()
+            self._spooled += count
+            self._accepted += count
 
     def start(self) -> None:
         if self._thread is None:
@@ -150,7 +159,10 @@ class BufferedWriter(Generic[T]):
         else:
             self._final_drain()
         with self._cond:
-            return not self._queue and self._in_flight == 0
+            clean = not self._queue and self._in_flight == 0
+        if self._spool is not None:
+            self._spool.close()
+        return clean
 
     def stats(self) -> WriterStats:
         with self._cond:

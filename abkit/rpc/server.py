@@ -20,6 +20,10 @@ from abkit.v1 import assignment_pb2, assignment_pb2_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = assignment_pb2.DESCRIPTOR.services_by_name["AssignmentService"].full_name
+STORE_HEALTH = "abkit.v1.Store"
+"""Health entry of the store behind the server: NOT_SERVING while writes are spooled or the
+config cannot be refreshed. Assign keeps answering from the cached config meanwhile, so the
+service's own entry stays SERVING (a load balancer must not drop a replica that still works)."""
 
 
 class GrpcServer:
@@ -57,6 +61,13 @@ class GrpcServer:
             if self._ready.wait(0.1):
                 return
         self._set_serving(True)
+        while not self._ready.wait(0.5):
+            self.health.set(
+                STORE_HEALTH,
+                health_pb2.HealthCheckResponse.NOT_SERVING
+                if self.runtime.degraded
+                else health_pb2.HealthCheckResponse.SERVING,
+            )
 
     def _set_serving(self, serving: bool) -> None:
         status = (
@@ -97,6 +108,7 @@ def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_servicer.set(STORE_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )

@@ -7,6 +7,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from abkit.errors import StoreUnavailableError
 from abkit.spool import Spool
 from abkit.writer import BufferedWriter
@@ -145,6 +147,7 @@ def test_a_restart_replays_what_the_previous_process_spooled(tmp_path: Path) -> 
     first = _spool(tmp_path / "spool")
     first.append([1, 2, 3])
     first.append([4, 5])
+    first.close()  # the process dies; its spool stays on disk
     # A crash tore the last line of the newest segment: that batch was never reported spooled.
     newest = sorted((tmp_path / "spool").glob("*.spool"))[-1]
     with open(newest, "ab") as handle:
@@ -171,6 +174,16 @@ def test_replaying_a_segment_twice_stores_nothing_twice(tmp_path: Path) -> None:
     stats = writer.stats()
     assert (stats.written, stats.duplicates) == (1, 2)
     assert writer.close(5)
+
+
+def test_one_process_per_spool(tmp_path: Path) -> None:
+    from abkit.spool import SpoolInUse
+
+    first = _spool(tmp_path / "spool")
+    with pytest.raises(SpoolInUse, match="ABKIT_SPOOL_DIR"):
+        _spool(tmp_path / "spool")
+    first.close()
+    _spool(tmp_path / "spool").close()
 
 
 def test_a_full_spool_means_back_pressure_not_loss(tmp_path: Path) -> None:
