@@ -84,6 +84,7 @@ class ConfigCache:
         self._catalog: Catalog | None = None
         self._lock = threading.Lock()
         self.last_error: str | None = None
+        self.failures = 0
 
     @property
     def loaded(self) -> bool:
@@ -106,6 +107,7 @@ class ConfigCache:
             catalog = Catalog(r.experiment for r in records)
         except AbkitError as exc:
             self.last_error = str(exc)
+            self.failures += 1
             log.warning("experiment config refresh failed, serving the previous config: %s", exc)
             return False
         with self._lock:

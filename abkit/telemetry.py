@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -29,12 +36,17 @@ INSTRUMENTATION_NAME = "abkit"
 @dataclass(frozen=True)
 class Telemetry:
     tracer_provider: TracerProvider = field(default_factory=TracerProvider)
+    meter_provider: MeterProvider = field(default_factory=MeterProvider)
 
     def tracer(self) -> trace.Tracer:
         return self.tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__)
 
+    def meter(self) -> metrics.Meter:
+        return self.meter_provider.get_meter(INSTRUMENTATION_NAME, __version__)
+
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
 
 
 def _exporter(name: str) -> SpanExporter | None:
@@ -44,7 +56,7 @@ def _exporter(name: str) -> SpanExporter | None:
         return ConsoleSpanExporter()
     if name == "otlp":
         try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
                 OTLPSpanExporter,
             )
         except ImportError as exc:
@@ -59,6 +71,44 @@ def _exporter(name: str) -> SpanExporter | None:
     )
 
 
+def _metric_exporter(name: str) -> MetricExporter | None:
+    if name == "none":
+        return None
+    if name == "console":
+        return ConsoleMetricExporter()
+    if name == "otlp":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[import-not-found,unused-ignore]
+                OTLPMetricExporter,
+            )
+        except ImportError as exc:
+            raise ValidationError(
+                "OTEL_METRICS_EXPORTER", "otlp needs the OTLP exporter: pip install 'abkit[otlp]'"
+            ) from exc
+        exporter: MetricExporter = OTLPMetricExporter()
+        return exporter
+    raise ValidationError(
+        "OTEL_METRICS_EXPORTER", f"unknown exporter {name!r}; use none, console or otlp"
+    )
+
+
+def _prometheus_reader(port: int) -> MetricReader:
+    try:
+        from opentelemetry.exporter.prometheus import (  # type: ignore[import-not-found,unused-ignore]
+            PrometheusMetricReader,
+        )
+        from prometheus_client import (  # type: ignore[import-not-found,unused-ignore]
+            start_http_server,
+        )
+    except ImportError as exc:
+        raise ValidationError(
+            "ABKIT_METRICS_PORT", "the Prometheus endpoint needs: pip install 'abkit[prometheus]'"
+        ) from exc
+    start_http_server(port)
+    reader: MetricReader = PrometheusMetricReader()
+    return reader
+
+
 def build(settings: Settings, service_name: str = "abkit") -> Telemetry:
     """Providers and exporters from the settings, not installed globally."""
     resource = Resource.create({"service.name": service_name, "service.version": __version__})
@@ -67,11 +117,19 @@ def build(settings: Settings, service_name: str = "abkit") -> Telemetry:
         exporter = _exporter(name or "none")
         if exporter is not None:
             provider.add_span_processor(BatchSpanProcessor(exporter))
-    return Telemetry(provider)
+    readers: list[MetricReader] = []
+    for name in (n.strip() for n in settings.otel_metrics_exporter.split(",")):
+        metric_exporter = _metric_exporter(name or "none")
+        if metric_exporter is not None:
+            readers.append(PeriodicExportingMetricReader(metric_exporter))
+    if settings.metrics_port:
+        readers.append(_prometheus_reader(settings.metrics_port))
+    return Telemetry(provider, MeterProvider(resource=resource, metric_readers=readers))
 
 
 def configure(settings: Settings, service_name: str = "abkit") -> Telemetry:
     """:func:`build`, then install the tracer provider globally (call once, from the CLI)."""
     telemetry = build(settings, service_name)
     trace.set_tracer_provider(telemetry.tracer_provider)
+    metrics.set_meter_provider(telemetry.meter_provider)
     return telemetry

@@ -14,16 +14,23 @@ from opentelemetry import trace
 
 from abkit.decisions import DecisionService, LookOutcome
 from abkit.errors import AbkitError
+from abkit.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
 
 class Worker:
     def __init__(
-        self, decisions: DecisionService, tracer: trace.Tracer, *, tick_seconds: float = 1.0
+        self,
+        decisions: DecisionService,
+        tracer: trace.Tracer,
+        *,
+        tick_seconds: float = 1.0,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._decisions = decisions
         self._tracer = tracer
+        self._metrics = metrics
         self._tick = tick_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -51,6 +58,8 @@ class Worker:
                     continue
                 self.looks += 1
                 record = outcome.record
+                if self._metrics is not None:
+                    self._metrics.count_look(record.action)
                 span.set_attribute("abkit.look", record.look or 0)
                 span.add_event(
                     "abkit.decision",

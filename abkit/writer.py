@@ -218,14 +218,16 @@ class BufferedWriter(Generic[T]):
                         return
 
     def _handle(self, batch: list[T], *, closing: bool) -> None:
-        if self._spooled == 0 and time.monotonic() >= self._store_down_until:
-            if self._write(batch):
-                return
+        store_up = self._spooled == 0 and time.monotonic() >= self._store_down_until
+        if store_up and self._write(batch):
+            return
         if self._spool is not None:
             try:
                 self._spool.append(batch)
             except (SpoolFull, OSError) as exc:
-                log.error("writer %s cannot spool (%s); holding the batch in memory", self.name, exc)
+                log.error(
+                    "writer %s cannot spool (%s); holding the batch in memory", self.name, exc
+                )
             else:
                 with self._cond:
                     self._spooled += len(batch)

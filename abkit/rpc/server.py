@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from abkit.config import Settings
+from abkit.errors import ValidationError
+from abkit.metrics import RpcMetrics, observe_runtime
+from abkit.rpc.auth import TokenInterceptor
 from abkit.rpc.servicer import AssignmentServicer
 from abkit.rpc.tracing import TracingInterceptor
 from abkit.runtime import Runtime
@@ -90,19 +94,50 @@ class GrpcServer:
         self.server.wait_for_termination()
 
 
+def _read_pem(path: str, variable: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValidationError(variable, f"cannot read {path}: {exc.strerror}") from None
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from ``ABKIT_TLS_CERT``/``ABKIT_TLS_KEY``; mutual TLS with ``ABKIT_TLS_CLIENT_CA``."""
+    if not settings.tls_cert:
+        return None
+    chain = _read_pem(settings.tls_cert, "ABKIT_TLS_CERT")
+    key = _read_pem(settings.tls_key, "ABKIT_TLS_KEY")
+    client_ca = (
+        _read_pem(settings.tls_client_ca, "ABKIT_TLS_CLIENT_CA") if settings.tls_client_ca else None
+    )
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 def build_server(
     settings: Settings, runtime: Runtime, telemetry: Telemetry, *, address: str | None = None
 ) -> GrpcServer:
     """Build (not start) the server. ``address="127.0.0.1:0"`` picks a free port (tests)."""
+    meter = telemetry.meter()
+    rpc_metrics = RpcMetrics(meter)
+    observe_runtime(meter, runtime)
+    interceptors: list[grpc.ServerInterceptor] = [
+        TracingInterceptor(telemetry.tracer(), rpc_metrics)
+    ]
+    if settings.api_token:
+        interceptors.append(
+            TokenInterceptor(settings.api_token, protect_assign=settings.api_token_for_assign)
+        )
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=settings.grpc_workers, thread_name_prefix="abkit-grpc"
         ),
-        interceptors=[TracingInterceptor(telemetry.tracer())],
+        interceptors=interceptors,
         options=[("grpc.so_reuseport", 0)],
     )
     assignment_pb2_grpc.add_AssignmentServiceServicer_to_server(
-        AssignmentServicer(runtime.assignment), server
+        AssignmentServicer(runtime.assignment, rpc_metrics), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -112,7 +147,13 @@ def build_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address or settings.grpc_address)
+    target = address or settings.grpc_address
+    credentials = server_credentials(settings)
+    port = (
+        server.add_secure_port(target, credentials)
+        if credentials is not None
+        else server.add_insecure_port(target)
+    )
     if port == 0:
         raise OSError(f"could not bind the gRPC server to {address or settings.grpc_address}")
     return GrpcServer(server, port, runtime, health_servicer)

@@ -19,6 +19,7 @@ from abkit.errors import (
     StoreUnavailableError,
     ValidationError,
 )
+from abkit.metrics import RpcMetrics
 from abkit.rpc import convert
 from abkit.services import AssignmentService, TraceRef
 from abkit.v1 import assignment_pb2 as pb
@@ -66,8 +67,9 @@ def current_trace() -> TraceRef:
 
 
 class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
-    def __init__(self, service: AssignmentService) -> None:
+    def __init__(self, service: AssignmentService, metrics: RpcMetrics | None = None) -> None:
         self._service = service
+        self._metrics = metrics
 
     @_maps_errors
     def Assign(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -75,6 +77,8 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
         assignments = self._service.assign(
             unit.unit_id, unit.attributes, unit.experiment_keys, current_trace()
         )
+        if self._metrics is not None:
+            self._metrics.count_assignments((assignments,))
         return convert.assign_response(assignments)
 
     @_maps_errors
@@ -84,6 +88,8 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
             for i, r in enumerate(request.requests)
         ]
         results = self._service.assign_batch(units, current_trace())
+        if self._metrics is not None:
+            self._metrics.count_assignments(results)
         return pb.AssignBatchResponse(responses=[convert.assign_response(r) for r in results])
 
     @_maps_errors

@@ -7,6 +7,7 @@ attributes follow the OpenTelemetry semantic conventions for RPC (``rpc.system=g
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,10 +15,15 @@ import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from abkit.metrics import RpcMetrics
+
 
 class TracingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, tracer: trace.Tracer) -> None:
+    """Opens the SERVER span and records ``rpc.server.duration`` of every RPC."""
+
+    def __init__(self, tracer: trace.Tracer, metrics: RpcMetrics | None = None) -> None:
         self._tracer = tracer
+        self._metrics = metrics
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: Any
@@ -29,6 +35,7 @@ class TracingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         service, _, name = method.lstrip("/").rpartition("/")
         inner = handler.unary_unary
         tracer = self._tracer
+        duration = self._metrics.duration if self._metrics is not None else None
 
         def traced(request: Any, context: grpc.ServicerContext) -> Any:
             carrier = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
@@ -41,10 +48,17 @@ class TracingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 record_exception=False,
                 set_status_on_exception=False,
             ) as span:
+                started = time.perf_counter()
                 try:
                     return inner(request, context)
                 finally:
                     code = context.code()
+                    if duration is not None:
+                        status = 0 if code is None else code.value[0]
+                        duration.record(
+                            (time.perf_counter() - started) * 1000.0,
+                            {"rpc.method": name, "rpc.grpc.status_code": status},
+                        )
                     if code is not None and code != grpc.StatusCode.OK:
                         span.set_attribute("rpc.grpc.status_code", code.value[0])
                         if code in _SERVER_FAULTS:

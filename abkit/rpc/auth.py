@@ -1,0 +1,49 @@
+"""Bearer-token authentication of RPCs (``ABKIT_API_TOKEN``).
+
+Track and TrackBatch write data, so they always need the token when one is configured; Assign
+and AssignBatch need it too with ``ABKIT_API_TOKEN_FOR_ASSIGN=true``. Health and reflection stay
+open (probes and grpcurl). A refused call is answered UNAUTHENTICATED before the servicer runs,
+so it can never write anything. Tokens are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+WRITE_METHODS = frozenset({"Track", "TrackBatch"})
+READ_METHODS = frozenset({"Assign", "AssignBatch"})
+SERVICE = "/abkit.v1.AssignmentService/"
+
+
+def _refuse(message: str) -> Any:
+    def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    return grpc.unary_unary_rpc_method_handler(handler)
+
+
+class TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str, *, protect_assign: bool) -> None:
+        self._expected = f"Bearer {token}".encode()
+        self._protected = WRITE_METHODS | (READ_METHODS if protect_assign else frozenset())
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
+        method: str = handler_call_details.method
+        if not method.startswith(SERVICE) or method[len(SERVICE) :] not in self._protected:
+            return continuation(handler_call_details)
+        presented = ""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization" and isinstance(value, str):
+                presented = value
+                break
+        if not presented:
+            return _refuse("missing credentials: send metadata 'authorization: Bearer <token>'")
+        if not hmac.compare_digest(presented.encode(), self._expected):
+            return _refuse("invalid token")
+        return continuation(handler_call_details)
