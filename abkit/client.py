@@ -176,7 +176,9 @@ class Client:
             return answers
         except (grpc.RpcError, TypeError, ValueError, LookupError) as exc:
             reason = _describe(exc)
-            log.warning("abkit assign failed for %s (%s); serving the defaults", list(defaults), reason)
+            log.warning(
+                "abkit assign failed for %s (%s); serving the defaults", list(defaults), reason
+            )
             return {
                 key: ClientAssignment(key, "", default, Reason.ERROR, False, reason)
                 for key, default in defaults.items()

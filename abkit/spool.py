@@ -32,11 +32,11 @@ log = logging.getLogger(__name__)
 SUFFIX = ".spool"
 
 
-class SpoolFull(Exception):  # noqa: N818 -- reads as a condition, like queue.Full
+class SpoolFull(Exception):
     """The spool holds ``max_bytes`` already."""
 
 
-class SpoolInUse(Exception):  # noqa: N818
+class SpoolInUse(Exception):
     """Another process holds the spool directory."""
 
 
