@@ -115,6 +115,14 @@ class ExposureRepository(Protocol):
         """Exposed units per arm."""
         ...
 
+    def delete_units(self, unit_ids: Sequence[str]) -> int:
+        """Erase every exposure of these stored unit ids (raw or pseudonymised); how many."""
+        ...
+
+    def delete_before(self, cutoff: datetime, experiment_keys: Sequence[str]) -> int:
+        """Erase exposures older than ``cutoff`` of the given experiments; how many."""
+        ...
+
 
 class EventRepository(Protocol):
     def add(self, events: Sequence[Event]) -> int:
@@ -124,6 +132,14 @@ class EventRepository(Protocol):
     def get(self, event_id: str) -> Event | None: ...
 
     def count(self, metric: str | None = None) -> int: ...
+
+    def delete_units(self, unit_ids: Sequence[str]) -> int:
+        """Erase every event of these stored unit ids; how many."""
+        ...
+
+    def delete_before(self, cutoff: datetime) -> int:
+        """Erase events that occurred before ``cutoff``; how many."""
+        ...
 
 
 class DecisionRepository(Protocol):
@@ -177,6 +193,25 @@ class AnalysisRepository(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An operational action that is not about one experiment (erasure, retention)."""
+
+    action: str
+    actor: str
+    at: datetime
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+class AuditLog(Protocol):
+    def add(self, entry: AuditEntry) -> AuditEntry: ...
+
+    def list(self) -> list[AuditEntry]:
+        """Oldest first."""
+        ...
+
+
 class Transaction(Protocol):
     """Repositories bound to one transaction."""
 
@@ -197,6 +232,9 @@ class Transaction(Protocol):
 
     @property
     def analysis(self) -> AnalysisRepository: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
 
 
 class Store(Protocol):

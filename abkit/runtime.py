@@ -8,6 +8,7 @@ starts with :meth:`Runtime.start` and stops, flushing everything accepted, with
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Sequence
@@ -17,11 +18,12 @@ from pathlib import Path
 from abkit.clock import SystemClock
 from abkit.config import Settings
 from abkit.core.assignment import Exposure
+from abkit.core.hashing import pseudonym
 from abkit.core.model import Event
 from abkit.decisions import DecisionService
 from abkit.notify import WebhookNotifier
 from abkit.ports import Clock, Store
-from abkit.services import AssignmentService, ConfigCache, ExperimentService
+from abkit.services import AssignmentService, ConfigCache, ExperimentService, PrivacyService
 from abkit.spool import Spool
 from abkit.store.sql import SqlStore
 from abkit.writer import BufferedWriter
@@ -65,10 +67,13 @@ class Runtime:
             flush_interval=settings.writer_flush_seconds,
             queue_size=settings.writer_queue_size,
         )
+        key = settings.unit_id_key.encode()
+        self.pseudonymize = functools.partial(pseudonym, key) if key else None
         self.assignment = AssignmentService(
-            self.config, self.exposure_writer, self.event_writer, self.clock
+            self.config, self.exposure_writer, self.event_writer, self.clock, self.pseudonymize
         )
         self.experiments = ExperimentService(store, self.clock)
+        self.privacy = PrivacyService(store, self.clock, self.pseudonymize)
         self.webhooks = WebhookNotifier()
         self.decisions = DecisionService(store, self.clock, listeners=(self.webhooks,))
         self._stop = threading.Event()

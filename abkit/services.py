@@ -13,7 +13,7 @@ import builtins
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -33,7 +33,7 @@ from abkit.core.model import Event, Experiment, ExperimentStatus, check_key, val
 from abkit.core.spec import experiment_to_dict
 from abkit.core.targeting import AttributeValue
 from abkit.errors import AbkitError, ConflictError, StoreUnavailableError, ValidationError
-from abkit.ports import Clock, DecisionRecord, ExperimentRecord, Store
+from abkit.ports import AuditEntry, Clock, DecisionRecord, ExperimentRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +119,20 @@ class ConfigCache:
 class AssignmentService:
     """Assign units and accept KPI events; the request path never waits on the database."""
 
-    def __init__(self, config: ConfigCache, exposures: Sink, events: Sink, clock: Clock) -> None:
+    def __init__(
+        self,
+        config: ConfigCache,
+        exposures: Sink,
+        events: Sink,
+        clock: Clock,
+        pseudonymize: Callable[[str], str] | None = None,
+    ) -> None:
         self._config = config
         self._exposures = exposures
         self._events = events
         self._clock = clock
+        # With ABKIT_UNIT_ID_KEY, rows store HMAC(key, unit id); assignment hashes the raw id.
+        self._stored_id = pseudonymize or _identity
 
     def assign(
         self,
@@ -156,9 +165,11 @@ class AssignmentService:
         for request, experiments in zip(requests, resolved, strict=True):
             unit_id, attributes = request.unit_id, request.attributes
             answers = [e.assign(unit_id, attributes) for e in experiments]
+            stored_id = None
             for a in answers:
                 if a.in_experiment:
-                    exposures.append(a.exposure(unit_id, now, trace.trace_id, trace.span_id))
+                    stored_id = stored_id or self._stored_id(unit_id)
+                    exposures.append(a.exposure(stored_id, now, trace.trace_id, trace.span_id))
             results.append(answers)
         if exposures and not self._exposures.submit(exposures):
             log.warning("exposure queue full: %d exposures dropped", len(exposures))
@@ -177,6 +188,8 @@ class AssignmentService:
             self._event(item, now, trace, "" if single else f"events[{i}].")
             for i, item in enumerate(items)
         ]
+        if self._stored_id is not _identity:
+            events = [e._replace(unit_id=self._stored_id(e.unit_id)) for e in events]
         if not self._events.submit(events):
             raise StoreUnavailableError(
                 "the event queue is full; retry with the same event_id shortly"
@@ -205,6 +218,10 @@ class AssignmentService:
         return Event(
             event_id, item.unit_id, item.metric, value, occurred_at, trace.trace_id, trace.span_id
         )
+
+
+def _identity(unit_id: str) -> str:
+    return unit_id
 
 
 def _check_request(request: UnitRequest, prefix: str) -> None:
@@ -439,3 +456,106 @@ def _check_change_allowed(old: Experiment, changed: Sequence[str]) -> None:
             "description and the policy's look_interval, min/max_duration, ramp, ramp_step and "
             "webhook may change."
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    exposures: int
+    events: int
+    overrides: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pruning:
+    cutoff: datetime
+    exposures: int
+    events: int
+
+
+class PrivacyService:
+    """Erasure of one unit (``abkit forget``) and retention (``abkit prune``), both audited.
+
+    The audit records *what* was erased -- counts -- never the unit id or its pseudonym.
+    """
+
+    def __init__(
+        self, store: Store, clock: Clock, pseudonymize: Callable[[str], str] | None = None
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._pseudonymize = pseudonymize
+
+    def forget(self, unit_id: str, *, actor: str) -> Erasure:
+        """Erase every exposure and event of ``unit_id`` and remove it from overrides."""
+        check_unit_id(unit_id)
+        stored = [unit_id]
+        if self._pseudonymize is not None:
+            stored.append(self._pseudonymize(unit_id))
+        now = self._clock.now()
+        with self._store.transaction() as tx:
+            exposures = tx.exposures.delete_units(stored)
+            events = tx.events.delete_units(stored)
+            overrides = 0
+            for record in tx.experiments.list():
+                current = dict(record.experiment.overrides)
+                if unit_id not in current:
+                    continue
+                del current[unit_id]
+                overrides += 1
+                tx.experiments.save(
+                    replace(
+                        record,
+                        experiment=replace(record.experiment, overrides=current),
+                        updated_at=now,
+                    ),
+                    expected_revision=record.revision,
+                )
+            erasure = Erasure(exposures, events, overrides)
+            tx.audit.add(
+                AuditEntry(
+                    "forget",
+                    actor,
+                    now,
+                    {"exposures": exposures, "events": events, "overrides": overrides},
+                )
+            )
+        return erasure
+
+    def prune(self, older_than: timedelta, *, actor: str, include_running: bool = False) -> Pruning:
+        """Erase events and exposures older than ``older_than``.
+
+        Exposures of running experiments are kept, and events are not pruned while a running
+        experiment started before the cutoff (its analysis would silently change), unless
+        ``include_running``.
+        """
+        if older_than <= timedelta(0):
+            raise ValidationError("--older-than", "must be a positive duration such as 180d")
+        now = self._clock.now()
+        cutoff = now - older_than
+        with self._store.transaction() as tx:
+            records = tx.experiments.list()
+            running = [r for r in records if r.experiment.status is ExperimentStatus.RUNNING]
+            early = [r.key for r in running if r.started_at is not None and r.started_at < cutoff]
+            if early and not include_running:
+                raise ConflictError(
+                    f"running experiments started before {cutoff:%Y-%m-%d}: {', '.join(early)}; "
+                    "pruning their data would change their analysis. Conclude them first, or "
+                    "pass --include-running"
+                )
+            keys = [r.key for r in records if include_running or r not in running]
+            exposures = tx.exposures.delete_before(cutoff, keys)
+            events = tx.events.delete_before(cutoff)
+            tx.audit.add(
+                AuditEntry(
+                    "prune",
+                    actor,
+                    now,
+                    {
+                        "cutoff": cutoff.isoformat(),
+                        "exposures": exposures,
+                        "events": events,
+                        "include_running": include_running,
+                    },
+                )
+            )
+        return Pruning(cutoff, exposures, events)

@@ -25,6 +25,7 @@ IEEE double arithmetic, probability 2**-54, and "100%" must still mean everyone)
 from __future__ import annotations
 
 import hashlib
+import hmac
 import importlib
 from collections.abc import Callable
 from typing import Protocol
@@ -94,6 +95,15 @@ def below(bound: float) -> bytes:
 
 
 _ABOVE_EVERY_DIGEST = b"\xff" * 32 + b"\x01"  # longer, and equal on the shared prefix: greater
+
+
+def pseudonym(key: bytes, unit_id: str) -> str:
+    """``HMAC-SHA256(key, utf8(unit_id))`` as hex: how a unit id is stored with pseudonymisation.
+
+    Keyed, so the stored value cannot be reversed or recomputed without the key; deterministic, so
+    a unit's exposures and events still join. Assignment never sees it: buckets hash the raw id.
+    """
+    return hmac.new(key, unit_id.encode(), "sha256").hexdigest()
 
 
 def coverage_seed(salt: str) -> str:

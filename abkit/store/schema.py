@@ -220,6 +220,23 @@ class DecisionRow(Base):
     )
 
 
+class AuditRow(Base):
+    """Operational actions that are not about one experiment: erasures, retention runs.
+
+    ``detail`` never holds a unit id: an erasure is recorded by what was erased, not whose.
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    action: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any]]
+    at: Mapped[datetime]
+
+
 class ModelVersionRow(Base):
     """The model registry: which version of each model is live (at most one per model)."""
 

@@ -17,7 +17,7 @@ from abkit.core.assignment import Exposure
 from abkit.core.model import Arm, Event, Experiment, ExperimentStatus, Holdout, LayerSegment
 from abkit.core.targeting import parse_condition
 from abkit.errors import ConflictError, NotFoundError, StoreUnavailableError
-from abkit.ports import DecisionRecord, ExperimentRecord, ModelVersion
+from abkit.ports import AuditEntry, DecisionRecord, ExperimentRecord, ModelVersion
 from abkit.store.analysis import SqlAnalysis
 from abkit.store.engine import create_store_engine
 from abkit.store.schema import Base
@@ -30,6 +30,7 @@ _DECISIONS = Base.metadata.tables["decisions"]
 _MODELS = Base.metadata.tables["model_versions"]
 _LAYERS = Base.metadata.tables["layers"]
 _HOLDOUTS = Base.metadata.tables["holdouts"]
+_AUDIT = Base.metadata.tables["audit_log"]
 
 
 def _insert_ignoring_duplicates(conn: Connection, table: Any) -> Insert:
@@ -246,6 +247,18 @@ class SqlExposures:
         )
         return {arm: n for arm, n in rows}
 
+    def delete_units(self, unit_ids: Sequence[str]) -> int:
+        result = self._conn.execute(_EXPOSURES.delete().where(_EXPOSURES.c.unit_id.in_(unit_ids)))
+        return int(result.rowcount)
+
+    def delete_before(self, cutoff: datetime, experiment_keys: Sequence[str]) -> int:
+        result = self._conn.execute(
+            _EXPOSURES.delete().where(
+                _EXPOSURES.c.exposed_at < cutoff, _EXPOSURES.c.experiment_key.in_(experiment_keys)
+            )
+        )
+        return int(result.rowcount)
+
 
 class SqlEvents:
     def __init__(self, conn: Connection) -> None:
@@ -276,6 +289,31 @@ class SqlEvents:
         if metric is not None:
             query = query.where(_EVENTS.c.metric == metric)
         return int(self._conn.execute(query).scalar_one())
+
+    def delete_units(self, unit_ids: Sequence[str]) -> int:
+        result = self._conn.execute(_EVENTS.delete().where(_EVENTS.c.unit_id.in_(unit_ids)))
+        return int(result.rowcount)
+
+    def delete_before(self, cutoff: datetime) -> int:
+        result = self._conn.execute(_EVENTS.delete().where(_EVENTS.c.occurred_at < cutoff))
+        return int(result.rowcount)
+
+
+class SqlAudit:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def add(self, entry: AuditEntry) -> AuditEntry:
+        new_id = self._conn.execute(
+            insert(_AUDIT)
+            .values(action=entry.action, actor=entry.actor, detail=dict(entry.detail), at=entry.at)
+            .returning(_AUDIT.c.id)
+        ).scalar_one()
+        return replace(entry, id=new_id)
+
+    def list(self) -> builtins.list[AuditEntry]:
+        rows = self._conn.execute(select(_AUDIT).order_by(_AUDIT.c.at, _AUDIT.c.id)).mappings()
+        return [AuditEntry(r["action"], r["actor"], r["at"], r["detail"], r["id"]) for r in rows]
 
 
 class SqlDecisions:
@@ -432,6 +470,7 @@ class SqlTransaction:
         self.events = SqlEvents(conn)
         self.decisions = SqlDecisions(conn)
         self.models = SqlModels(conn)
+        self.audit = SqlAudit(conn)
 
 
 class SqlStore:

@@ -197,3 +197,34 @@ def test_model_registry_has_at_most_one_live_version(store: Store) -> None:
         assert tx.models.live("other") is None
     with pytest.raises(NotFoundError), store.transaction() as tx:
         tx.models.set_status("ranker", "v9", "live", now=T0)
+
+
+def test_erasure_and_retention_primitives(store: Store) -> None:
+    from abkit.ports import AuditEntry
+
+    with store.transaction() as tx:
+        tx.exposures.add(
+            [
+                _exposure("u1"),
+                _exposure("u2", at=T0 + timedelta(days=10)),
+                Exposure("other", "u1", "a", "m", "c" * 16, T0, "", ""),
+            ]
+        )
+        tx.events.add(
+            [
+                Event("e1", "u1", "conversion", 1.0, T0),
+                Event("e2", "u2", "conversion", 1.0, T0 + timedelta(days=10)),
+            ]
+        )
+    with store.transaction() as tx:
+        assert tx.exposures.delete_units(["u1", "nobody"]) == 2
+        assert tx.events.delete_units(["u1"]) == 1
+        assert tx.exposures.delete_before(T0 + timedelta(days=20), ["other"]) == 0
+        assert tx.exposures.delete_before(T0 + timedelta(days=20), ["ranker-v2"]) == 1
+        assert tx.events.delete_before(T0 + timedelta(days=5)) == 0
+        assert tx.events.delete_before(T0 + timedelta(days=11)) == 1
+        entry = tx.audit.add(AuditEntry("forget", "dpo", T0, {"events": 1}))
+    assert entry.id is not None
+    with store.transaction() as tx:
+        assert tx.exposures.counts("ranker-v2") == {} and tx.events.count() == 0
+        assert [(a.action, a.detail) for a in tx.audit.list()] == [("forget", {"events": 1})]

@@ -18,7 +18,14 @@ from abkit.core.assignment import Exposure
 from abkit.core.metrics import Metric
 from abkit.core.model import Event
 from abkit.errors import ConflictError, NotFoundError, StoreUnavailableError
-from abkit.ports import DailySummaries, DecisionRecord, ExperimentRecord, ModelVersion, Summary
+from abkit.ports import (
+    AuditEntry,
+    DailySummaries,
+    DecisionRecord,
+    ExperimentRecord,
+    ModelVersion,
+    Summary,
+)
 from abkit.store.memory import analysis
 
 
@@ -30,6 +37,7 @@ class _State:
     events: dict[str, Event] = field(default_factory=dict)
     decisions: list[DecisionRecord] = field(default_factory=list)
     models: dict[tuple[str, str], ModelVersion] = field(default_factory=dict)
+    audit: list[AuditEntry] = field(default_factory=list)
 
     def copy(self) -> _State:
         return _State(
@@ -39,6 +47,7 @@ class _State:
             dict(self.events),
             list(self.decisions),
             dict(self.models),
+            list(self.audit),
         )
 
 
@@ -107,6 +116,19 @@ class MemoryExposures:
                 counts[e.arm_key] = counts.get(e.arm_key, 0) + 1
         return counts
 
+    def delete_units(self, unit_ids: Sequence[str]) -> int:
+        doomed = [k for k in self._s.exposures if k[1] in set(unit_ids)]
+        for k in doomed:
+            del self._s.exposures[k]
+        return len(doomed)
+
+    def delete_before(self, cutoff: datetime, experiment_keys: Sequence[str]) -> int:
+        keys = set(experiment_keys)
+        doomed = [k for k, e in self._s.exposures.items() if k[0] in keys and e.exposed_at < cutoff]
+        for k in doomed:
+            del self._s.exposures[k]
+        return len(doomed)
+
 
 class MemoryEvents:
     def __init__(self, state: _State) -> None:
@@ -127,6 +149,31 @@ class MemoryEvents:
         if metric is None:
             return len(self._s.events)
         return sum(1 for e in self._s.events.values() if e.metric == metric)
+
+    def delete_units(self, unit_ids: Sequence[str]) -> int:
+        doomed = [k for k, e in self._s.events.items() if e.unit_id in set(unit_ids)]
+        for k in doomed:
+            del self._s.events[k]
+        return len(doomed)
+
+    def delete_before(self, cutoff: datetime) -> int:
+        doomed = [k for k, e in self._s.events.items() if e.occurred_at < cutoff]
+        for k in doomed:
+            del self._s.events[k]
+        return len(doomed)
+
+
+class MemoryAudit:
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    def add(self, entry: AuditEntry) -> AuditEntry:
+        stored = replace(entry, id=len(self._s.audit) + 1)
+        self._s.audit.append(stored)
+        return stored
+
+    def list(self) -> builtins.list[AuditEntry]:
+        return sorted(self._s.audit, key=lambda a: (a.at, a.id or 0))
 
 
 class MemoryDecisions:
@@ -225,6 +272,7 @@ class MemoryTransaction:
         self.events = MemoryEvents(state)
         self.decisions = MemoryDecisions(state)
         self.models = MemoryModels(state)
+        self.audit = MemoryAudit(state)
 
 
 class MemoryStore:
