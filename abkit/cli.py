@@ -343,7 +343,13 @@ def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
 # -- servers -----------------------------------------------------------------------------------
 
 
-def _run_grpc(ctx: Context, address: str | None, *, with_worker: bool = False) -> None:
+def _run_grpc(
+    ctx: Context,
+    address: str | None,
+    *,
+    with_worker: bool = False,
+    web_address: str | None = None,
+) -> None:
     from abkit import telemetry
     from abkit.rpc import build_server
     from abkit.worker import Worker
@@ -351,6 +357,8 @@ def _run_grpc(ctx: Context, address: str | None, *, with_worker: bool = False) -
     with _errors():
         tel = telemetry.configure(ctx.settings, "abkit")
         runtime = ctx.runtime()
+        # Bound (not started) before any thread runs: a busy port fails fast, cleanly.
+        web = _bind_web(ctx, runtime, web_address) if web_address is not None else None
         runtime.start()
         if not runtime.config.loaded:
             log.warning(
@@ -365,16 +373,33 @@ def _run_grpc(ctx: Context, address: str | None, *, with_worker: bool = False) -
                 runtime.decisions, tel.tracer(), tick_seconds=ctx.settings.worker_tick_seconds
             )
             worker.start()
+        if web is not None:
+            web.start()
     click.echo(
         f"abkit gRPC listening on {address or ctx.settings.grpc_address} (port {server.port})"
     )
+    if web is not None:
+        click.echo(f"abkit results page at {web.url}")
     _wait_for_signal()
+    if web is not None:
+        web.stop()
     server.stop()
     if worker is not None:
         worker.stop()
     clean = runtime.close(ctx.settings.grpc_grace_seconds)
     tel.shutdown()
     sys.exit(0 if clean else 1)
+
+
+def _bind_web(ctx: Context, runtime: Any, address: str) -> Any:
+    """The results page for a thread of this process, sharing its runtime (``abkit serve``)."""
+    from abkit.web import create_app
+    from abkit.web.server import WebServer
+
+    try:
+        return WebServer(create_app(ctx.settings, runtime), address)
+    except OSError as exc:
+        raise ValidationError("ABKIT_WEB_ADDRESS", f"cannot listen on {address}: {exc}") from exc
 
 
 def _run_worker(ctx: Context) -> None:
@@ -424,11 +449,15 @@ def grpc_command(ctx: Context, address: str | None) -> None:
 
 @main.command("serve")
 @click.option("--address", help="gRPC host:port (overrides ABKIT_GRPC_ADDRESS).")
+@click.option(
+    "--web-address", help="Results page host:port (overrides ABKIT_WEB_ADDRESS; 'off': none)."
+)
 @pass_ctx
-def serve_command(ctx: Context, address: str | None) -> None:
+def serve_command(ctx: Context, address: str | None, web_address: str | None) -> None:
     """Everything in one process on the configured store (embedded SQLite by default).
 
-    Migrates the schema first, then serves gRPC and runs the decision worker.
+    Migrates the schema first, then serves gRPC, runs the decision worker and serves the
+    results page (on ABKIT_WEB_ADDRESS, default 127.0.0.1:8000).
     """
     from abkit.store import migrate
     from abkit.store.engine import create_store_engine
@@ -439,7 +468,77 @@ def serve_command(ctx: Context, address: str | None) -> None:
             migrate.upgrade(engine)
         finally:
             engine.dispose()
-    _run_grpc(ctx, address, with_worker=True)
+    web = web_address or ctx.settings.web_address
+    _run_grpc(ctx, address, with_worker=True, web_address=None if web == "off" else web)
+
+
+@main.command("web")
+@click.option("--address", help="host:port to listen on (overrides ABKIT_WEB_ADDRESS).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    help="gunicorn worker processes (default: $WEB_CONCURRENCY, else 1).",
+)
+@click.option("--dev", is_flag=True, help="Werkzeug's development server instead of gunicorn.")
+@pass_ctx
+def web_command(ctx: Context, address: str | None, workers: int | None, dev: bool) -> None:
+    """Serve the results pages and the JSON/CSV API (gunicorn; --dev: development server).
+
+    The same app for a gunicorn you run yourself: gunicorn 'abkit.web:create_app()'.
+    """
+    from abkit.web import create_app
+    from abkit.web.server import parse_address, run_gunicorn
+
+    settings = ctx.settings
+    address = address or settings.web_address
+    if not dev:
+        with _errors():
+            parse_address(address)
+        # Each worker process builds its own app (and database pool) after the fork.
+        run_gunicorn(lambda: create_app(settings), address, workers)
+        return
+    with _errors():
+        runtime = ctx.runtime()
+        server = _bind_web(ctx, runtime, address)
+        server.start()
+    click.echo(f"abkit results page at {server.url} (development server)")
+    _wait_for_signal()
+    server.stop()
+    runtime.store.close()
+
+
+@main.command("results")
+@click.argument("key")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+@pass_ctx
+def results_command(ctx: Context, key: str, fmt: str) -> None:
+    """The latest look at an experiment: the numbers the worker decided on, as on the page.
+
+    json is the document of GET /api/experiments/KEY/results, csv that of .../results.csv.
+    """
+    from abkit.results import ResultsService
+    from abkit.web import document, wording
+
+    with _errors():
+        runtime = ctx.runtime()
+        try:
+            results = ResultsService(runtime.store, runtime.clock).results(key)
+            now = runtime.clock.now()
+        finally:
+            runtime.store.close()
+    if fmt == "json":
+        click.echo(json.dumps(document.results_doc(results, now), indent=2, ensure_ascii=False))
+    elif fmt == "csv":
+        rows = document.results_rows(results)
+        click.echo(document.csv_text(document.RESULTS_COLUMNS, rows), nl=False)
+    else:
+        click.echo(wording.results_text(results, now))
 
 
 @main.command("demo")

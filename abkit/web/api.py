@@ -1,0 +1,161 @@
+"""The JSON and CSV API (one endpoint per page) and the health probes.
+
+=========================================  ==================================================
+``GET /api/experiments``                   the list page: status, arms, units, last decision
+``GET /api/experiments/<key>/results``     the detail page: numbers, verdict, SRM, timeline
+``GET /api/experiments/<key>/series``      the chart: estimate and interval at every look
+``GET /api/experiments/<key>/history``     the audit trail with every statistics snapshot
+``GET /api/models``                        the model registry and its promotions/rollbacks
+``GET /api/...csv``                        the same tables as CSV (``experiments.csv``,
+                                           ``<key>/results.csv``, ``<key>/series.csv``,
+                                           ``<key>/history.csv``, ``models.csv``)
+``GET /healthz``, ``GET /readyz``          process up; store reachable (503 otherwise)
+=========================================  ==================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from abkit.errors import StoreUnavailableError
+from abkit.web import document
+from abkit.web.app import services
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+health = Blueprint("health", __name__)
+
+
+def _csv(name: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Response:
+    return Response(
+        document.csv_text(columns, rows),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@bp.get("/experiments")
+def experiments() -> Response:
+    web = services()
+    now = web.runtime.clock.now()
+    return jsonify(experiments=[document.summary_doc(r, now) for r in web.results.experiments()])
+
+
+EXPERIMENT_COLUMNS = (
+    "experiment_key", "name", "status", "model", "rollout_arm", "arm", "model_version", "weight",
+    "control", "units", "started_at", "concluded_at", "last_action", "last_decided_at",
+)  # fmt: skip
+
+
+@bp.get("/experiments.csv")
+def experiments_csv() -> Response:
+    rows = []
+    for r in services().results.experiments():
+        last = r.timeline[-1] if r.timeline else None
+        for a in r.arms:
+            rows.append(
+                (
+                    r.key,
+                    r.name,
+                    r.status,
+                    r.model,
+                    r.rollout_arm,
+                    a.key,
+                    a.model_version,
+                    a.weight,
+                    a.control,
+                    a.units,
+                    r.started_at,
+                    r.concluded_at,
+                    last.action if last else None,
+                    last.decided_at if last else None,
+                )
+            )
+    return _csv("experiments.csv", EXPERIMENT_COLUMNS, rows)
+
+
+@bp.get("/experiments/<key>")
+@bp.get("/experiments/<key>/results")
+def results(key: str) -> Response:
+    web = services()
+    return jsonify(document.results_doc(web.results.results(key), web.runtime.clock.now()))
+
+
+@bp.get("/experiments/<key>/results.csv")
+def results_csv(key: str) -> Response:
+    r = services().results.results(key)
+    return _csv(f"{key}-results.csv", document.RESULTS_COLUMNS, document.results_rows(r))
+
+
+@bp.get("/experiments/<key>/series")
+def series(key: str) -> Response:
+    r = services().results.results(key)
+    return jsonify(experiment=key, series=document.series_doc(r.series))
+
+
+@bp.get("/experiments/<key>/series.csv")
+def series_csv(key: str) -> Response:
+    r = services().results.results(key)
+    return _csv(f"{key}-series.csv", document.SERIES_COLUMNS, document.series_rows(key, r.series))
+
+
+@bp.get("/experiments/<key>/history")
+def history(key: str) -> Response:
+    decisions = services().runtime.experiments.history(key)
+    return jsonify(experiment=key, decisions=[document.history_doc(d) for d in decisions])
+
+
+HISTORY_COLUMNS = (
+    "experiment_key", "decided_at", "look", "action", "arm", "actor", "reason", "config_checksum",
+)  # fmt: skip
+
+
+@bp.get("/experiments/<key>/history.csv")
+def history_csv(key: str) -> Response:
+    rows = [
+        (key, d.decided_at, d.look, d.action, d.arm_key, d.actor, d.reason, d.config_checksum)
+        for d in services().runtime.experiments.history(key)
+    ]
+    return _csv(f"{key}-history.csv", HISTORY_COLUMNS, rows)
+
+
+@bp.get("/models")
+def models() -> Response:
+    web = services()
+    changes = document.registry_changes(web.results.experiments())
+    return jsonify(
+        versions=[document.model_doc(v) for v in web.results.model_versions()],
+        changes=[document.change_doc(c) for c in changes],
+    )
+
+
+MODEL_COLUMNS = ("model", "version", "status", "experiment_key", "created_at", "updated_at")
+
+
+@bp.get("/models.csv")
+def models_csv() -> Response:
+    rows = [
+        (v.model, v.version, v.status, v.experiment_key, v.created_at, v.updated_at)
+        for v in services().results.model_versions()
+    ]
+    return _csv("models.csv", MODEL_COLUMNS, rows)
+
+
+@health.get("/healthz")
+def healthz() -> Response:
+    """The process is up and serving HTTP (a liveness probe: no dependency is checked)."""
+    return jsonify(status="ok")
+
+
+@health.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """The store answers (a readiness probe): 200, or 503 with the reason."""
+    body: dict[str, Any]
+    try:
+        services().runtime.store.ping()
+    except StoreUnavailableError as exc:
+        body = {"status": "unavailable", "error": str(exc)}
+        return jsonify(body), 503
+    return jsonify(status="ready"), 200
