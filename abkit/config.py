@@ -75,6 +75,8 @@ class Settings:
     otel_traces_exporter: str = field(default="none", metadata={"env": "OTEL_TRACES_EXPORTER"})
     """The standard OpenTelemetry variable: ``none`` (default), ``console`` or ``otlp``
     (comma-separated). Every other ``OTEL_*`` variable is read by the SDK itself."""
+    otel_service_name: str = field(default="", metadata={"env": "OTEL_SERVICE_NAME"})
+    """The standard variable; when empty each command names itself (abkit, abkit-worker, ...)."""
     otel_metrics_exporter: str = field(default="none", metadata={"env": "OTEL_METRICS_EXPORTER"})
     """``none`` (default), ``console`` or ``otlp``; see also ``metrics_port`` for Prometheus."""
 

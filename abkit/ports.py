@@ -17,14 +17,16 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from abkit.core.assignment import Exposure
 from abkit.core.metrics import Metric
 from abkit.core.model import Event, Experiment
-from abkit.core.stats import ArmSummary, RatioSummary
 
-Summary = ArmSummary | RatioSummary
+if TYPE_CHECKING:  # the stats package imports scipy; the ports only need its types
+    from abkit.core.stats import ArmSummary, RatioSummary
+
+Summary: TypeAlias = "ArmSummary | RatioSummary"
 
 
 @dataclass(frozen=True, slots=True)

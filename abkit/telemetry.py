@@ -111,7 +111,8 @@ def _prometheus_reader(port: int) -> MetricReader:
 
 def build(settings: Settings, service_name: str = "abkit") -> Telemetry:
     """Providers and exporters from the settings, not installed globally."""
-    resource = Resource.create({"service.name": service_name, "service.version": __version__})
+    name = settings.otel_service_name or service_name
+    resource = Resource.create({"service.name": name, "service.version": __version__})
     provider = TracerProvider(resource=resource)
     for name in (n.strip() for n in settings.otel_traces_exporter.split(",")):
         exporter = _exporter(name or "none")

@@ -134,8 +134,9 @@ def test_unmigrated_store_says_what_to_do(tmp_path: Path) -> None:
     assert result.returncode == 5 and "abkit db upgrade" in result.stderr
 
 
-def test_grpc_server_serves_and_stops_gracefully_on_sigterm(sql_url: str) -> None:
-    abkit("experiment", "apply", "-f", str(EXAMPLE), "--start", url=sql_url)
+def test_grpc_server_serves_and_stops_gracefully_on_sigterm(sql_url: str, tmp_path: Path) -> None:
+    everyone = EXAMPLE.read_text().replace("coverage: 0.05 ", "coverage: 1.0  ")
+    abkit("experiment", "apply", "-f", write(tmp_path, everyone), "--start", url=sql_url)
     env = {**os.environ, "ABKIT_DATABASE_URL": sql_url, "ABKIT_WRITER_FLUSH_SECONDS": "5"}
     with subprocess.Popen(
         [sys.executable, "-m", "abkit", "grpc", "--address", "127.0.0.1:0"],
@@ -254,3 +255,70 @@ def test_two_worker_processes_on_postgresql_promote_once(pg_url: str, tmp_path: 
     looks = [d.look for d in history if d.look is not None]
     assert looks == sorted(set(looks))  # no look recorded twice
     assert live == ["ranker-v2"]
+
+
+def test_forget_and_prune_from_the_command_line(sql_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from abkit.core.assignment import Exposure
+    from abkit.core.model import Event
+    from abkit.store.sql import SqlStore
+
+    abkit("experiment", "apply", "-f", str(EXAMPLE), url=sql_url)
+    now = datetime.now(UTC)
+    store = SqlStore.from_url(sql_url)
+    with store.transaction() as tx:
+        tx.exposures.add([Exposure("ranker-v2", "alice", "control", "ranker-v1", "c" * 16, now)])
+        tx.events.add(
+            [
+                Event("a1", "alice", "conversion", 1.0, now),
+                Event("old", "bob", "conversion", 1.0, now - timedelta(days=400)),
+            ]
+        )
+    out = abkit("forget", "alice", url=sql_url).stdout
+    assert "erased 1 exposures and 1 events" in out
+    assert (
+        "erased 0 exposures and 1 events"
+        in abkit("prune", "--older-than", "180d", url=sql_url).stdout
+    )
+    bad = abkit("prune", "--older-than", "soon", url=sql_url, check=False)
+    assert bad.returncode == 2 and "--older-than" in bad.stderr
+    with store.transaction() as tx:
+        assert [a.action for a in tx.audit.list()] == ["forget", "prune"]
+        assert tx.events.count() == 0
+    store.close()
+
+
+def test_health_probes(sql_url: str, tmp_path: Path) -> None:
+    assert abkit("health", "store", url=sql_url).returncode == 0
+    unmigrated = abkit("health", "store", url=f"sqlite:///{tmp_path / 'new.db'}", check=False)
+    assert unmigrated.returncode == 1
+    dead = abkit("health", "grpc", "127.0.0.1:1", url=sql_url, check=False)
+    assert dead.returncode == 1 and "unhealthy" in dead.stderr
+    http = abkit("health", "http", "http://127.0.0.1:1/readyz", url=sql_url, check=False)
+    assert http.returncode == 1
+
+
+def test_loadtest_reports_abkit_against_the_empty_baseline(sql_url: str, tmp_path: Path) -> None:
+    everyone = EXAMPLE.read_text().replace("coverage: 0.05 ", "coverage: 1.0  ")
+    abkit("experiment", "apply", "-f", write(tmp_path, everyone), "--start", url=sql_url)
+    env = {**os.environ, "ABKIT_DATABASE_URL": sql_url, "ABKIT_SPOOL_DIR": str(tmp_path / "spool")}
+    with subprocess.Popen(
+        [sys.executable, "-m", "abkit", "grpc", "--address", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    ) as server:  # fmt: skip
+        try:
+            assert server.stdout is not None
+            port = int(server.stdout.readline().rsplit("port ", 1)[1].rstrip(")\n"))
+            report = tmp_path / "load.json"
+            out = abkit(
+                "loadtest", f"127.0.0.1:{port}", "--requests", "300", "--concurrency", "8",
+                "--baseline", "--json", str(report), url=sql_url,
+            ).stdout  # fmt: skip
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.communicate(timeout=30)
+    assert "req/s" in out and "p99" in out and "abkit / baseline throughput" in out
+    results = json.loads(report.read_text())
+    assert [r["requests"] for r in results] == [300, 300]
+    assert all(r["errors"] == 0 and r["p999_ms"] >= r["p50_ms"] > 0 for r in results)

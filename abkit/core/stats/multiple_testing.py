@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from statsmodels.stats.multitest import multipletests
 
 from abkit.core.stats.fixed_horizon import check_alpha
 from abkit.errors import ValidationError
@@ -54,6 +53,10 @@ def adjust_p_values(
         adjusted = _holm(np.asarray(values))
         reject = adjusted <= alpha
     else:
+        # Imported here: statsmodels.stats.multitest costs ~0.9 s to import, which every process
+        # that imports the stats package (the CLI, the gRPC server) would otherwise pay.
+        from statsmodels.stats.multitest import multipletests
+
         reject, adjusted, _, _ = multipletests(np.asarray(values), alpha=alpha, method="fdr_bh")
     return Adjusted(
         tuple(float(p) for p in adjusted), tuple(bool(r) for r in reject), method, alpha

@@ -30,10 +30,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from scipy import optimize, special
-from statsmodels.stats.power import NormalIndPower, TTestIndPower
-from statsmodels.stats.proportion import proportion_effectsize
 
 from abkit.core.stats.fixed_horizon import check_alpha
 from abkit.core.stats.group_sequential import (
@@ -43,6 +42,14 @@ from abkit.core.stats.group_sequential import (
     spending_boundaries,
 )
 from abkit.errors import ValidationError
+
+
+# statsmodels' power module costs ~0.7 s to import; planning is rare, so it is imported on use.
+def _power_classes() -> tuple[Any, Any, Any]:
+    from statsmodels.stats.power import NormalIndPower, TTestIndPower
+    from statsmodels.stats.proportion import proportion_effectsize
+
+    return NormalIndPower, TTestIndPower, proportion_effectsize
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +94,7 @@ def _binary_effect(baseline: float, mde: float, relative: bool) -> float:
         raise ValidationError(
             "mde", f"baseline + effect must be a different proportion in (0, 1), got {target!r}"
         )
-    return abs(float(proportion_effectsize(target, baseline)))
+    return abs(float(_power_classes()[2](target, baseline)))
 
 
 def sample_size_continuous(
@@ -95,7 +102,7 @@ def sample_size_continuous(
 ) -> SampleSize:
     """Units per arm to detect an absolute difference ``mde`` with per-unit s.d. ``std``."""
     d = abs(_check_positive(abs(mde), "mde")) / _check_positive(std, "std")
-    n_c = TTestIndPower().solve_power(
+    n_c = _power_classes()[1]().solve_power(
         effect_size=d,
         alpha=check_alpha(alpha),
         power=_check_power(power),
@@ -110,7 +117,7 @@ def power_continuous(
 ) -> float:
     d = abs(_check_positive(abs(mde), "mde")) / _check_positive(std, "std")
     return float(
-        TTestIndPower().power(
+        _power_classes()[1]().power(
             effect_size=d,
             nobs1=_check_positive(n_control, "n_control"),
             alpha=check_alpha(alpha),
@@ -131,7 +138,7 @@ def sample_size_binary(
 ) -> SampleSize:
     """Units per arm to move a conversion rate ``baseline`` by ``mde`` (absolute or relative)."""
     h = _binary_effect(baseline, mde, relative)
-    n_c = NormalIndPower().solve_power(
+    n_c = _power_classes()[0]().solve_power(
         effect_size=h,
         alpha=check_alpha(alpha),
         power=_check_power(power),
@@ -152,7 +159,7 @@ def power_binary(
 ) -> float:
     h = _binary_effect(baseline, mde, relative)
     return float(
-        NormalIndPower().power(
+        _power_classes()[0]().power(
             effect_size=h,
             nobs1=_check_positive(n_control, "n_control"),
             alpha=check_alpha(alpha),
