@@ -24,7 +24,10 @@ def upgrade() -> None:
     op.create_table(
         "audit_log",
         sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
         ),
         sa.Column("action", sa.String(length=32), nullable=False),
         sa.Column("actor", sa.String(length=200), nullable=False),
