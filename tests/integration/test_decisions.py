@@ -211,3 +211,54 @@ def test_webhook_is_retried_and_never_blocks_the_worker(
     assert body["model_version"] == "ranker-v2" and body["look"] == 1
     notifier.close()
     store.close()
+
+
+def test_each_look_is_a_span_with_the_decision_as_an_event(sqlite_url: str) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from abkit.metrics import WorkerMetrics
+    from abkit.worker import Worker
+
+    store = SqlStore.from_url(sqlite_url)
+    clock = Clock(T0 + timedelta(hours=2))
+    setup(store, clock)
+    traffic(store, units=8000, lift=0.1, seed=12)
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    worker = Worker(
+        DecisionService(store, clock),
+        tracer_provider.get_tracer("test"),
+        metrics=WorkerMetrics(meters.get_meter("test")),
+    )
+    outcomes = worker.run_once()
+    assert [o.record.action for o in outcomes] == ["promote"]
+    (span,) = [s for s in spans.get_finished_spans() if s.name == "abkit.look"]
+    (event,) = span.events
+    assert event.name == "abkit.decision"
+    assert event.attributes is not None
+    assert (event.attributes["abkit.action"], event.attributes["abkit.arm"]) == (
+        "promote",
+        "candidate",
+    )
+    assert "conversion improved" in str(event.attributes["abkit.reason"])
+    data = reader.get_metrics_data()
+    assert data is not None
+    looks = [
+        p
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "abkit.looks"
+        for p in m.data.data_points
+    ]
+    assert [(p.attributes["abkit.action"], p.value) for p in looks] == [("promote", 1)]
+    store.close()
+    tracer_provider.shutdown()
+    meters.shutdown()

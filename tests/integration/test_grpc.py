@@ -280,3 +280,38 @@ def test_newly_applied_experiment_is_served_without_restart(harness: Harness) ->
     else:
         pytest.fail("the new experiment was not served within 5 s")
     assert reply.assignments[0].experiment_key == "search-v3"
+
+
+def test_health_is_not_serving_until_the_config_has_loaded(tmp_path: object) -> None:
+    from abkit.store.memory import MemoryStore
+
+    store = MemoryStore()
+    settings = Settings(config_refresh_seconds=0.1, spool_dir="off")
+    runtime = Runtime(settings, store)
+    runtime.experiments.apply(experiment_from_dict(EXPERIMENT), actor="t", start=True)
+    store.available = False  # the store is down when the server starts
+    runtime.start()
+    server = build_server(settings, runtime, Telemetry(TracerProvider()), address="127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service="abkit.v1.AssignmentService")
+            time.sleep(0.5)
+            assert (
+                health.Check(request, timeout=5).status
+                == health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            with pytest.raises(grpc.RpcError) as info:  # no config: refuse, do not guess
+                pb_grpc.AssignmentServiceStub(channel).Assign(
+                    pb.AssignRequest(unit_id="u"), timeout=5
+                )
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            store.available = True
+            deadline = time.monotonic() + 5
+            while health.Check(request, timeout=5).status != health_pb2.HealthCheckResponse.SERVING:
+                assert time.monotonic() < deadline, "never became SERVING"
+                time.sleep(0.05)
+    finally:
+        server.stop(grace=1)
+        runtime.close()

@@ -89,3 +89,35 @@ def test_counts_match_a_burst_of_rpcs(sqlite_url: str) -> None:
     }
     assert [p.value for p in found["abkit.store.up"]] == [1]
     assert sum(p.value for p in found["abkit.writer.queue_depth"]) == 0
+
+
+def test_the_prometheus_endpoint_serves_the_same_metrics(sqlite_url: str) -> None:
+    import socket
+    import urllib.request
+
+    from abkit import telemetry
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings(database_url=sqlite_url, writer_flush_seconds=0.02, metrics_port=port)
+    tel = telemetry.build(settings)
+    runtime = Runtime(settings, SqlStore.from_url(sqlite_url))
+    runtime.experiments.apply(experiment_from_dict(EXPERIMENT), actor="t", start=True)
+    runtime.start()
+    server = build_server(settings, runtime, tel, address="127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.AssignmentServiceStub(channel)
+            for i in range(7):
+                stub.Assign(pb.AssignRequest(unit_id=f"p{i}"), timeout=5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        server.stop(grace=1)
+        runtime.close()
+        tel.shutdown()
+    lines = [line for line in text.splitlines() if line.startswith("abkit_assignments_total")]
+    assert lines and sum(float(line.rsplit(" ", 1)[1]) for line in lines) == 7
+    assert "abkit_store_up" in text
