@@ -107,6 +107,8 @@ class ExposureRepository(Protocol):
     def add(self, exposures: Sequence[Exposure]) -> int:
         """Insert first exposures; an (experiment, unit) already present is kept as it is.
 
+        Within one call, the earliest ``exposed_at`` of a unit is the one kept.
+
         Returns how many rows were new.
         """
         ...

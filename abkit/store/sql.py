@@ -40,6 +40,43 @@ def _insert_ignoring_duplicates(conn: Connection, table: Any) -> Insert:
     return sqlite.insert(table).on_conflict_do_nothing()
 
 
+COPY_THRESHOLD = 50
+"""From this many rows, PostgreSQL inserts go through COPY into a staging table."""
+
+
+def copy_insert(
+    conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Any], order_by: str
+) -> int:
+    """``COPY`` rows into a session-local staging table, then one idempotent INSERT ... SELECT.
+
+    COPY is PostgreSQL's fastest way in; the staging step keeps the writes idempotent (a row
+    whose key exists is skipped, as with ``ON CONFLICT DO NOTHING``), which a plain COPY into the
+    table could not. Everything runs on the transaction's own connection, so it commits or rolls
+    back with the rest. Returns how many rows were new.
+    """
+    # Table and column names come from this module's constants, never from input.
+    stage = f"abkit_stage_{table}"
+    names = ", ".join(columns)
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS "  # noqa: S608
+            f"AS SELECT {names} FROM {table} WITH NO DATA"
+        )
+        with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(
+            f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "  # noqa: S608
+            f"ORDER BY {order_by} ON CONFLICT DO NOTHING"
+        )
+        inserted = int(cursor.rowcount)
+        cursor.execute(f"TRUNCATE {stage}")
+        return inserted
+    finally:
+        cursor.close()
+
+
 class SqlExperiments:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -219,10 +256,14 @@ class SqlExposures:
     def add(self, exposures: Sequence[Exposure]) -> int:
         if not exposures:
             return 0
+        if self._conn.dialect.name == "postgresql" and len(exposures) >= COPY_THRESHOLD:
+            # Earliest first: within a batch, the first exposure of a unit is the one kept.
+            return copy_insert(self._conn, "exposures", Exposure._fields, exposures, "exposed_at")
         # RETURNING counts the rows actually inserted; SQLAlchemy batches the executemany into
         # multi-row INSERTs ("insertmanyvalues") on both backends.
         stmt = _insert_ignoring_duplicates(self._conn, _EXPOSURES).returning(_EXPOSURES.c.unit_id)
-        return len(self._conn.execute(stmt, [e._asdict() for e in exposures]).all())
+        ordered = sorted(exposures, key=_exposed_at)  # the earliest of a unit's rows is kept
+        return len(self._conn.execute(stmt, [e._asdict() for e in ordered]).all())
 
     def get(self, experiment_key: str, unit_id: str) -> Exposure | None:
         row = self._conn.execute(
@@ -260,6 +301,10 @@ class SqlExposures:
         return int(result.rowcount)
 
 
+def _exposed_at(exposure: Exposure) -> datetime:
+    return exposure.exposed_at
+
+
 class SqlEvents:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -267,6 +312,8 @@ class SqlEvents:
     def add(self, events: Sequence[Event]) -> int:
         if not events:
             return 0
+        if self._conn.dialect.name == "postgresql" and len(events) >= COPY_THRESHOLD:
+            return copy_insert(self._conn, "events", Event._fields, events, "occurred_at")
         stmt = _insert_ignoring_duplicates(self._conn, _EVENTS).returning(_EVENTS.c.id)
         return len(self._conn.execute(stmt, [e._asdict() for e in events]).all())
 

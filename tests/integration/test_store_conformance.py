@@ -228,3 +228,28 @@ def test_erasure_and_retention_primitives(store: Store) -> None:
     with store.transaction() as tx:
         assert tx.exposures.counts("ranker-v2") == {} and tx.events.count() == 0
         assert [(a.action, a.detail) for a in tx.audit.list()] == [("forget", {"events": 1})]
+
+
+def test_large_batches_keep_the_same_contract(store: Store) -> None:
+    # Batches from COPY_THRESHOLD rows take PostgreSQL's COPY path: same results required.
+    from abkit.store.sql import COPY_THRESHOLD
+
+    n = COPY_THRESHOLD * 3
+    later = [_exposure(f"u{i}", "treatment", T0 + timedelta(hours=1)) for i in range(n)]
+    earlier = [_exposure(f"u{i}", "control", T0) for i in range(n)]
+    with store.transaction() as tx:
+        tx.exposures.add(later[:10])  # already stored: must stay as they are
+    with store.transaction() as tx:
+        # Each unit twice in one batch, the later exposure first: the earlier one is kept.
+        assert tx.exposures.add(later + earlier) == n - 10
+        assert tx.exposures.add(later + earlier) == 0  # a replayed batch adds nothing
+    with store.transaction() as tx:
+        assert tx.exposures.counts("ranker-v2") == {"treatment": 10, "control": n - 10}
+        assert tx.exposures.get("ranker-v2", "u20") == _exposure("u20", "control", T0)
+    events = [Event(f"big-{i}", f"u{i}", "revenue", float(i), T0) for i in range(n)]
+    with store.transaction() as tx:
+        assert tx.events.add(events) == n
+        assert tx.events.add([*events, Event("big-new", "u1", "revenue", 1.0, T0)]) == 1
+    with store.transaction() as tx:
+        assert tx.events.count("revenue") == n + 1
+        assert tx.events.get("big-7") == events[7]

@@ -100,7 +100,7 @@ class MemoryExposures:
 
     def add(self, exposures: Sequence[Exposure]) -> int:
         new = 0
-        for e in exposures:
+        for e in sorted(exposures, key=lambda x: x.exposed_at):  # the earliest is kept
             if (e.experiment_key, e.unit_id) not in self._s.exposures:
                 self._s.exposures[(e.experiment_key, e.unit_id)] = e
                 new += 1
