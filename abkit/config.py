@@ -41,7 +41,7 @@ class Settings:
     """On shutdown, in-flight RPCs get this long to finish."""
     config_refresh_seconds: float = 2.0
     """How often the server reloads experiment config from the store."""
-    writer_batch_size: int = 500
+    writer_batch_size: int = 2000
     """Exposures/events written per database round trip."""
     writer_flush_seconds: float = 0.2
     """Longest time an accepted exposure or event waits in memory before a flush."""

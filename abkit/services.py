@@ -13,7 +13,7 @@ import builtins
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -116,6 +116,31 @@ class ConfigCache:
         return True
 
 
+class RecentKeys:
+    """A bounded set of recently seen keys: two generations, the older dropped when full.
+
+    Remembers at least ``capacity / 2`` and at most ``capacity`` of the latest keys; forgetting
+    one only costs a redundant (idempotent) write later, never a wrong answer. Not locked: set
+    operations are atomic under the GIL, and the one race (two threads rotating generations at
+    once) can only forget keys.
+    """
+
+    __slots__ = ("_capacity", "_current", "_previous")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = max(2, capacity)
+        self._current: set[tuple[str, str]] = set()
+        self._previous: set[tuple[str, str]] = set()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._current or key in self._previous
+
+    def update(self, keys: Iterable[tuple[str, str]]) -> None:
+        self._current.update(keys)
+        if len(self._current) >= self._capacity // 2:
+            self._previous, self._current = self._current, set()
+
+
 class AssignmentService:
     """Assign units and accept KPI events; the request path never waits on the database."""
 
@@ -126,6 +151,7 @@ class AssignmentService:
         events: Sink,
         clock: Clock,
         pseudonymize: Callable[[str], str] | None = None,
+        recent_exposures: int = 200_000,
     ) -> None:
         self._config = config
         self._exposures = exposures
@@ -133,6 +159,9 @@ class AssignmentService:
         self._clock = clock
         # With ABKIT_UNIT_ID_KEY, rows store HMAC(key, unit id); assignment hashes the raw id.
         self._stored_id = pseudonymize or _identity
+        # Only the first exposure of a unit is stored; a unit asking again (the common case)
+        # need not be queued and written again just to be discarded by the database.
+        self._logged = RecentKeys(recent_exposures)
 
     def assign(
         self,
@@ -162,17 +191,23 @@ class AssignmentService:
         now = self._clock.now()
         results: list[list[Assignment]] = []
         exposures: list[Exposure] = []
+        keys: list[tuple[str, str]] = []
+        logged = self._logged
         for request, experiments in zip(requests, resolved, strict=True):
             unit_id, attributes = request.unit_id, request.attributes
             answers = [e.assign(unit_id, attributes) for e in experiments]
             stored_id = None
             for a in answers:
-                if a.in_experiment:
+                if a.in_experiment and (key := (a.experiment_key, unit_id)) not in logged:
                     stored_id = stored_id or self._stored_id(unit_id)
                     exposures.append(a.exposure(stored_id, now, trace.trace_id, trace.span_id))
+                    keys.append(key)
             results.append(answers)
-        if exposures and not self._exposures.submit(exposures):
-            log.warning("exposure queue full: %d exposures dropped", len(exposures))
+        if exposures:
+            if self._exposures.submit(exposures):
+                logged.update(keys)
+            else:
+                log.warning("exposure queue full: %d exposures dropped", len(exposures))
         return results
 
     def track(self, item: TrackInput, trace: TraceRef = NO_TRACE) -> Event:
