@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from abkit.config import Settings
 from abkit.core.assignment import Exposure
 from abkit.store import migrate
 from abkit.store.engine import create_store_engine
@@ -103,7 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=Settings().writer_batch_size)
     args = parser.parse_args()
     admin = create_store_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"abkit_bench_{uuid.uuid4().hex[:8]}"
