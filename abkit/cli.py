@@ -7,6 +7,7 @@ argument); 3 not found; 4 refused by the current state (e.g. changing a running 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import signal
@@ -381,6 +382,12 @@ def _run_grpc(
             worker.start()
         if web is not None:
             web.start()
+    # Everything imported and built so far lives as long as the process: move it out of the
+    # cyclic garbage collector's reach, so collections under load walk only request garbage.
+    # Request garbage is acyclic and freed by reference counting; collect cycles less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     click.echo(
         f"abkit gRPC listening on {address or ctx.settings.grpc_address} (port {server.port})"
     )

@@ -75,6 +75,10 @@ class Settings:
     otel_traces_exporter: str = field(default="none", metadata={"env": "OTEL_TRACES_EXPORTER"})
     """The standard OpenTelemetry variable: ``none`` (default), ``console`` or ``otlp``
     (comma-separated). Every other ``OTEL_*`` variable is read by the SDK itself."""
+    otel_traces_sampler: str = field(default="", metadata={"env": "OTEL_TRACES_SAMPLER"})
+    """The standard variable. When unset and no trace exporter is configured, spans are not
+    recorded (nobody would receive them) but still carry trace and span ids, which exposures and
+    events store; set it (e.g. ``parentbased_always_on``) to record them anyway."""
     otel_service_name: str = field(default="", metadata={"env": "OTEL_SERVICE_NAME"})
     """The standard variable; when empty each command names itself (abkit, abkit-worker, ...)."""
     otel_metrics_exporter: str = field(default="none", metadata={"env": "OTEL_METRICS_EXPORTER"})

@@ -23,6 +23,7 @@ experiment, arm and reason of the call, not one per unit).
 
 from __future__ import annotations
 
+import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,23 +40,45 @@ WRITER = "abkit.writer"
 
 
 class RpcMetrics:
+    """Per-RPC instruments. Assignments are tallied in a plain dict and reported through an
+    observable counter: an OpenTelemetry ``add`` with attributes costs tens of microseconds
+    here, a dict increment a fraction of one."""
+
     def __init__(self, meter: Meter) -> None:
         self.duration = meter.create_histogram(
             "rpc.server.duration", unit="ms", description="Duration of inbound RPCs"
         )
-        self.assignments = meter.create_counter(
-            "abkit.assignments", unit="{assignment}", description="Assignments answered"
+        self._tally: Tally[tuple[str, str, str]] = Tally()
+        # id -> (the answer, its labels): holding the answer keeps its id from being reused.
+        self._labels: dict[int, tuple[Assignment, tuple[str, str, str]]] = {}
+        self._lock = threading.Lock()
+        meter.create_observable_counter(
+            "abkit.assignments",
+            callbacks=[self._observe],
+            unit="{assignment}",
+            description="Assignments answered",
         )
 
     def count_assignments(self, answers: Iterable[Sequence[Assignment]]) -> None:
-        tally: Tally[tuple[str, str, str]] = Tally()
-        for per_unit in answers:
-            for a in per_unit:
-                tally[(a.experiment_key, a.arm_key, a.reason.value)] += 1
-        for (experiment, arm, reason), n in tally.items():
-            self.assignments.add(
-                n, {"abkit.experiment": experiment, "abkit.arm": arm, "abkit.reason": reason}
-            )
+        labels = self._labels
+        tally = self._tally
+        with self._lock:
+            for per_unit in answers:
+                for a in per_unit:
+                    entry = labels.get(id(a))
+                    if entry is None or entry[0] is not a:
+                        entry = labels[id(a)] = (a, (a.experiment_key, a.arm_key, a.reason.value))
+                    tally[entry[1]] += 1
+
+    def _snapshot(self) -> list[tuple[tuple[str, str, str], int]]:
+        with self._lock:
+            return list(self._tally.items())
+
+    def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(n, {"abkit.experiment": key, "abkit.arm": arm, "abkit.reason": reason})
+            for (key, arm, reason), n in self._snapshot()
+        ]
 
 
 def observe_runtime(meter: Meter, runtime: Runtime) -> None:

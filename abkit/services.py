@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from abkit.core.assignment import Assignment, Catalog, Exposure
+from abkit.core.assignment import Assignment, Catalog, CompiledExperiment, Exposure
 from abkit.core.limits import (
     MAX_EXPERIMENT_KEYS,
     check_attributes,
@@ -32,7 +32,13 @@ from abkit.core.limits import (
 from abkit.core.model import Event, Experiment, ExperimentStatus, check_key, validate_catalog
 from abkit.core.spec import experiment_to_dict
 from abkit.core.targeting import AttributeValue
-from abkit.errors import AbkitError, ConflictError, StoreUnavailableError, ValidationError
+from abkit.errors import (
+    AbkitError,
+    ConflictError,
+    NotFoundError,
+    StoreUnavailableError,
+    ValidationError,
+)
 from abkit.ports import AuditEntry, Clock, DecisionRecord, ExperimentRecord, Store
 
 log = logging.getLogger(__name__)
@@ -56,8 +62,9 @@ class TraceRef:
 NO_TRACE = TraceRef()
 
 
-@dataclass(frozen=True, slots=True)
-class UnitRequest:
+class UnitRequest(NamedTuple):
+    """One unit to assign (a named tuple: built per unit of every request)."""
+
     unit_id: str
     attributes: Mapping[str, AttributeValue]
     experiment_keys: Sequence[str] = ()
@@ -85,6 +92,7 @@ class ConfigCache:
         self._lock = threading.Lock()
         self.last_error: str | None = None
         self.failures = 0
+        self._signature: tuple[tuple[str, int], ...] = ()
 
     @property
     def loaded(self) -> bool:
@@ -104,6 +112,10 @@ class ConfigCache:
         try:
             with self._store.transaction() as tx:
                 records = tx.experiments.list()
+            signature = tuple((r.key, r.revision) for r in records)
+            if signature == self._signature and self._catalog is not None:
+                self.last_error = None
+                return True  # unchanged: keep the compiled config (and every cache keyed on it)
             catalog = Catalog(r.experiment for r in records)
         except AbkitError as exc:
             self.last_error = str(exc)
@@ -112,6 +124,7 @@ class ConfigCache:
             return False
         with self._lock:
             self._catalog = catalog
+            self._signature = signature
             self.last_error = None
         return True
 
@@ -172,7 +185,7 @@ class AssignmentService:
     ) -> list[Assignment]:
         request = UnitRequest(unit_id, attributes, experiment_keys)
         _check_request(request, "")
-        return self._assign_checked([request], trace)[0]
+        return self._assign_checked([request], trace, batched=False)[0]
 
     def assign_batch(
         self, requests: Sequence[UnitRequest], trace: TraceRef = NO_TRACE
@@ -180,14 +193,13 @@ class AssignmentService:
         check_batch(len(requests), "requests")
         for i, request in enumerate(requests):
             _check_request(request, f"requests[{i}].")
-        return self._assign_checked(requests, trace)
+        return self._assign_checked(requests, trace, batched=True)
 
     def _assign_checked(
-        self, requests: Sequence[UnitRequest], trace: TraceRef
+        self, requests: Sequence[UnitRequest], trace: TraceRef, *, batched: bool
     ) -> list[list[Assignment]]:
-        catalog = self._config.catalog
         # Resolve every key first: an unknown key fails the call before anything is logged.
-        resolved = [catalog.resolve(r.experiment_keys) for r in requests]
+        resolved = _resolve(self._config.catalog, requests, batched=batched)
         now = self._clock.now()
         results: list[list[Assignment]] = []
         exposures: list[Exposure] = []
@@ -261,14 +273,36 @@ def _identity(unit_id: str) -> str:
 
 def _check_request(request: UnitRequest, prefix: str) -> None:
     check_unit_id(request.unit_id, f"{prefix}unit_id")
-    check_attributes(request.attributes, f"{prefix}attributes")
+    if request.attributes:
+        check_attributes(request.attributes, f"{prefix}attributes")
     keys = request.experiment_keys
     if len(keys) > MAX_EXPERIMENT_KEYS:
         raise ValidationError(
             f"{prefix}experiment_keys", f"at most {MAX_EXPERIMENT_KEYS} keys, got {len(keys)}"
         )
-    for i, key in enumerate(keys):
-        check_key(key, f"{prefix}experiment_keys[{i}]")
+    # Key formats are checked only when a key is not found (see _resolve): a key the catalog
+    # knows is valid by construction, and this runs for every unit of every request.
+
+
+def _resolve(
+    catalog: Catalog, requests: Sequence[UnitRequest], *, batched: bool
+) -> builtins.list[tuple[CompiledExperiment, ...]]:
+    """The experiments of each request, resolved once per distinct key list."""
+    seen: dict[tuple[str, ...], tuple[CompiledExperiment, ...]] = {}
+    resolved = []
+    for i, request in enumerate(requests):
+        keys = tuple(request.experiment_keys)
+        experiments = seen.get(keys)
+        if experiments is None:
+            try:
+                experiments = seen[keys] = catalog.resolve(keys)
+            except NotFoundError:
+                prefix = f"requests[{i}]." if batched else ""
+                for k, key in enumerate(keys):
+                    check_key(key, f"{prefix}experiment_keys[{k}]")  # malformed: 400, not 404
+                raise
+        resolved.append(experiments)
+    return resolved
 
 
 class ApplyOutcome(StrEnum):

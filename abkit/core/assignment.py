@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import accumulate
 from typing import NamedTuple
@@ -67,11 +67,12 @@ class Assignment:
     model_version: str
     reason: Reason
     config_checksum: str = ""
+    in_experiment: bool = field(init=False, compare=False)
+    """True when the unit was randomized (reason SPLIT): only these are logged and analysed.
+    A field, not a property: it is read for every answer on the hot path."""
 
-    @property
-    def in_experiment(self) -> bool:
-        """True when the unit was randomized (reason SPLIT): only these are logged and analysed."""
-        return self.reason is Reason.SPLIT
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "in_experiment", self.reason is Reason.SPLIT)
 
     def exposure(
         self, unit_id: str, exposed_at: datetime, trace_id: str = "", span_id: str = ""

@@ -36,6 +36,11 @@ def _has_control_characters(text: str) -> bool:
 
 
 def check_unit_id(unit_id: object, field: str = "unit_id") -> str:
+    # Fast path for the common case: printable ASCII of an acceptable length.
+    if type(unit_id) is str and 0 < len(unit_id) <= MAX_UNIT_ID_BYTES and unit_id.isascii():
+        if unit_id.isprintable():
+            return unit_id
+        raise ValidationError(field, "must not contain control characters or lone surrogates")
     if not isinstance(unit_id, str) or not unit_id:
         raise ValidationError(field, "must be a non-empty string")
     if len(unit_id) > MAX_UNIT_ID_BYTES or len(unit_id.encode("utf-8", "surrogatepass")) > (

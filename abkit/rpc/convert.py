@@ -29,11 +29,15 @@ def attributes_from_proto(attributes: Any, field: str) -> dict[str, AttributeVal
     return out
 
 
+_NO_ATTRIBUTES: dict[str, AttributeValue] = {}
+
+
 def unit_request_from_proto(request: Any, field: str = "") -> UnitRequest:
+    attributes = request.attributes
     return UnitRequest(
-        unit_id=request.unit_id,
-        attributes=attributes_from_proto(request.attributes, f"{field}attributes"),
-        experiment_keys=tuple(request.experiment_keys),
+        request.unit_id,
+        attributes_from_proto(attributes, f"{field}attributes") if attributes else _NO_ATTRIBUTES,
+        request.experiment_keys,
     )
 
 
@@ -45,6 +49,39 @@ def assignment_to_proto(a: Assignment) -> Any:
         reason=_REASONS[a.reason],
         in_experiment=a.in_experiment,
     )
+
+
+class ResponseCache:
+    """Prebuilt ``AssignResponse`` messages, one per distinct list of answers.
+
+    Answers are shared, long-lived :class:`Assignment` objects (one per experiment, arm and
+    reason), so a unit's response is one of a few messages, built once and copied into each
+    reply -- building protobuf messages field by field was the largest cost of AssignBatch.
+    Keyed by the answers' identities and checked by identity, so an answer from a replaced
+    config can never be mistaken for another; bounded by clearing when it grows past ``limit``.
+    """
+
+    __slots__ = ("_entries", "_limit")
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._entries: dict[tuple[int, ...], tuple[tuple[Assignment, ...], Any]] = {}
+        self._limit = limit
+
+    def response(self, assignments: list[Assignment]) -> Any:
+        if len(assignments) == 1:  # the common case: one experiment per request
+            only = assignments[0]
+            single = self._entries.get((id(only),))
+            if single is not None and single[0][0] is only:
+                return single[1]
+        key = tuple(map(id, assignments))
+        entry = self._entries.get(key)
+        if entry is not None and all(a is b for a, b in zip(entry[0], assignments, strict=True)):
+            return entry[1]
+        message = pb.AssignResponse(assignments=[assignment_to_proto(a) for a in assignments])
+        if len(self._entries) >= self._limit:
+            self._entries.clear()
+        self._entries[key] = (tuple(assignments), message)
+        return message
 
 
 def assign_response(assignments: list[Assignment]) -> Any:

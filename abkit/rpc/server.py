@@ -16,7 +16,6 @@ from abkit.errors import ValidationError
 from abkit.metrics import RpcMetrics, observe_runtime
 from abkit.rpc.auth import TokenInterceptor
 from abkit.rpc.servicer import AssignmentServicer
-from abkit.rpc.tracing import TracingInterceptor
 from abkit.runtime import Runtime
 from abkit.telemetry import Telemetry
 from abkit.v1 import assignment_pb2, assignment_pb2_grpc
@@ -122,9 +121,7 @@ def build_server(
     meter = telemetry.meter()
     rpc_metrics = RpcMetrics(meter)
     observe_runtime(meter, runtime)
-    interceptors: list[grpc.ServerInterceptor] = [
-        TracingInterceptor(telemetry.tracer(), rpc_metrics)
-    ]
+    interceptors: list[grpc.ServerInterceptor] = []
     if settings.api_token:
         interceptors.append(
             TokenInterceptor(settings.api_token, protect_assign=settings.api_token_for_assign)
@@ -137,7 +134,13 @@ def build_server(
         options=[("grpc.so_reuseport", 0)],
     )
     assignment_pb2_grpc.add_AssignmentServiceServicer_to_server(
-        AssignmentServicer(runtime.assignment, rpc_metrics), server
+        AssignmentServicer(
+            runtime.assignment,
+            telemetry.tracer(),
+            rpc_metrics,
+            records_spans=telemetry.records_spans,
+        ),
+        server,
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,77 +1,49 @@
-"""A server interceptor that opens one OpenTelemetry SERVER span per RPC.
+"""One wrapper per RPC: an OpenTelemetry SERVER span, the duration metric, error mapping.
 
-The caller's W3C trace context (``traceparent``/``tracestate`` metadata) becomes the span's parent,
-so the exposure and event rows written under this span carry the caller's trace id. Span names and
-attributes follow the OpenTelemetry semantic conventions for RPC (``rpc.system=grpc``).
+The caller's W3C trace context (``traceparent``/``tracestate`` metadata) becomes the span's
+parent, so the exposure and event rows written under this span carry the caller's trace id.
+Span names and attributes follow the OpenTelemetry semantic conventions for RPC
+(``rpc.system=grpc``). :class:`~abkit.errors.AbkitError` s become gRPC status codes here, once.
+
+A decorator on the servicer's methods rather than a ``grpc.ServerInterceptor``: the interceptor
+machinery wraps every call in fresh handler objects, which cost about 15 % of an Assign's
+throughput on this stack; this does the same work in one frame.
 """
 
 from __future__ import annotations
 
+import functools
+import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from abkit.errors import (
+    AbkitError,
+    AuthenticationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    StoreUnavailableError,
+    ValidationError,
+)
 from abkit.metrics import RpcMetrics
+from abkit.services import NO_TRACE, TraceRef
 
+SERVICE = "abkit.v1.AssignmentService"
 
-class TracingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Opens the SERVER span and records ``rpc.server.duration`` of every RPC."""
-
-    def __init__(self, tracer: trace.Tracer, metrics: RpcMetrics | None = None) -> None:
-        self._tracer = tracer
-        self._metrics = metrics
-
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], handler_call_details: Any
-    ) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method: str = handler_call_details.method  # "/abkit.v1.AssignmentService/Assign"
-        service, _, name = method.lstrip("/").rpartition("/")
-        inner = handler.unary_unary
-        tracer = self._tracer
-        duration = self._metrics.duration if self._metrics is not None else None
-
-        def traced(request: Any, context: grpc.ServicerContext) -> Any:
-            carrier = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-            parent = propagate.extract(carrier)
-            with tracer.start_as_current_span(
-                f"{service}/{name}",
-                context=parent,
-                kind=SpanKind.SERVER,
-                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span:
-                started = time.perf_counter()
-                try:
-                    return inner(request, context)
-                finally:
-                    code = context.code()
-                    if duration is not None:
-                        status = 0 if code is None else code.value[0]
-                        duration.record(
-                            (time.perf_counter() - started) * 1000.0,
-                            {"rpc.method": name, "rpc.grpc.status_code": status},
-                        )
-                    if code is not None and code != grpc.StatusCode.OK:
-                        span.set_attribute("rpc.grpc.status_code", code.value[0])
-                        if code in _SERVER_FAULTS:
-                            span.set_status(Status(StatusCode.ERROR, str(context.details())))
-                    else:
-                        span.set_attribute("rpc.grpc.status_code", 0)
-
-        return grpc.unary_unary_rpc_method_handler(
-            traced,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
+_CODES: tuple[tuple[type[AbkitError], grpc.StatusCode], ...] = (
+    (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (ConflictError, grpc.StatusCode.FAILED_PRECONDITION),
+    (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
+)
 
 # Per the semantic conventions, only these codes mark a *server* span as failed; a client's
 # INVALID_ARGUMENT is the client's error, not the server's.
@@ -85,3 +57,110 @@ _SERVER_FAULTS = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
+
+
+def status_code(exc: AbkitError) -> grpc.StatusCode:
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+class Instrumented(Protocol):
+    tracer: trace.Tracer
+    metrics: RpcMetrics | None
+    records_spans: bool
+
+
+S = TypeVar("S", bound=Instrumented)
+
+
+def rpc(
+    method: Callable[[S, Any, grpc.ServicerContext, TraceRef], Any],
+) -> Callable[[S, Any, grpc.ServicerContext], Any]:
+    """Wrap a servicer method: span under the caller's trace, duration, AbkitError -> status."""
+    name = method.__name__
+    span_name = f"{SERVICE}/{name}"
+    attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": name}
+
+    @functools.wraps(method)
+    def wrapper(self: S, request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        metadata = context.invocation_metadata()
+        carrier = {k: v for k, v in metadata if isinstance(v, str)} if metadata else {}
+        parent = propagate.extract(carrier) if "traceparent" in carrier else None
+        status = grpc.StatusCode.OK
+        if not self.records_spans:
+            return _unrecorded(self, method, request, context, parent, name, started)
+        # Not made current: the ids travel explicitly (TraceRef), which spares a context
+        # attach/detach; attributes only when the span records (validating them costs).
+        span = self.tracer.start_span(span_name, context=parent, kind=SpanKind.SERVER)
+        recording = span.is_recording()
+        if recording:
+            span.set_attributes(attributes)
+        ids = span.get_span_context()
+        ref = TraceRef(f"{ids.trace_id:032x}", f"{ids.span_id:016x}") if ids.is_valid else NO_TRACE
+        try:
+            return method(self, request, context, ref)
+        except AbkitError as exc:
+            status = status_code(exc)
+            if recording and status in _SERVER_FAULTS:
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+            context.abort(status, str(exc))
+        except Exception:
+            status = grpc.StatusCode.UNKNOWN  # a bug: gRPC answers UNKNOWN
+            if recording:
+                span.set_status(Status(StatusCode.ERROR))
+            raise
+        finally:
+            code = status.value[0]
+            if recording:
+                span.set_attribute("rpc.grpc.status_code", code)
+            span.end()
+            if self.metrics is not None:
+                self.metrics.duration.record(
+                    (time.perf_counter() - started) * 1000.0, _labels(name, code)
+                )
+
+    return wrapper
+
+
+def _unrecorded(
+    self: S,
+    method: Callable[[S, Any, grpc.ServicerContext, TraceRef], Any],
+    request: Any,
+    context: grpc.ServicerContext,
+    parent: Any,
+    name: str,
+    started: float,
+) -> Any:
+    """The same RPC when spans are never recorded: only the ids, as the SDK would make them.
+
+    The trace id is the caller's (or a new one), the span id a new random 64-bit id -- what an
+    unsampled SDK span carries -- without building the span. About 10 us an RPC here.
+    """
+    caller = trace.get_current_span(parent).get_span_context() if parent is not None else None
+    trace_id = caller.trace_id if caller is not None and caller.is_valid else _ids.getrandbits(128)
+    ref = TraceRef(f"{trace_id:032x}", f"{_ids.getrandbits(64) or 1:016x}")
+    status = grpc.StatusCode.OK
+    try:
+        return method(self, request, context, ref)
+    except AbkitError as exc:
+        status = status_code(exc)
+        context.abort(status, str(exc))
+    except Exception:
+        status = grpc.StatusCode.UNKNOWN
+        raise
+    finally:
+        if self.metrics is not None:
+            self.metrics.duration.record(
+                (time.perf_counter() - started) * 1000.0, _labels(name, status.value[0])
+            )
+
+
+_ids = random.Random()
+
+
+@functools.cache
+def _labels(method: str, code: int) -> dict[str, str | int]:
+    return {"rpc.method": method, "rpc.grpc.status_code": code}

@@ -315,3 +315,31 @@ def test_health_is_not_serving_until_the_config_has_loaded(tmp_path: object) -> 
     finally:
         server.stop(grace=1)
         runtime.close()
+
+
+def test_unrecorded_spans_still_stamp_rows_with_the_callers_trace(sqlite_url: str) -> None:
+    # With no exporter configured, spans are not recorded, but ids must still flow to the rows.
+    from abkit import telemetry
+
+    settings = Settings(database_url=sqlite_url, writer_flush_seconds=0.02)
+    tel = telemetry.build(settings)
+    runtime = Runtime(settings, SqlStore.from_url(sqlite_url))
+    runtime.experiments.apply(experiment_from_dict(EXPERIMENT), actor="t", start=True)
+    runtime.start()
+    server = build_server(settings, runtime, tel, address="127.0.0.1:0")
+    server.start()
+    try:
+        traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        with grpc.insecure_channel(server.address) as channel:
+            pb_grpc.AssignmentServiceStub(channel).Assign(
+                us("traced"), metadata=(("traceparent", traceparent),), timeout=5
+            )
+        assert runtime.flush(5)
+        with runtime.store.transaction() as tx:
+            row = tx.exposures.get("ranker-v2", "traced")
+    finally:
+        server.stop(grace=1)
+        runtime.close()
+        tel.shutdown()
+    assert row is not None and row.trace_id == "0af7651916cd43dd8448eb211c80319c"
+    assert len(row.span_id) == 16 and row.span_id != "b7ad6b7169203331"
