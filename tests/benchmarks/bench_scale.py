@@ -1,0 +1,219 @@
+"""Benchmark: the analysis of one experiment at 1M and 10M exposed units (events 5x), and the
+worker's peak memory during a 10M-unit look.
+
+One PostgreSQL database is filled to 1,000,000 exposed units and 5,000,000 events, the analysis
+query and two baselines are timed (interleaved, ``--repeats`` times), then the same database is
+grown to 10,000,000 units and 50,000,000 events and timed again. The goal (issue #8): abkit's
+query within 1.5x of a bare per-unit GROUP BY over the same rows at both sizes, and time growing
+no worse than linearly (10x the rows, at most ~10x the time). Finally one real worker look --
+``abkit.decisions.DecisionService.look`` in a fresh process -- runs against the 10M-unit
+experiment and its peak resident memory (VmHWM) is read from /proc.
+
+    .venv/bin/python tests/benchmarks/bench_scale.py [--small 1000000] [--large 10000000]
+
+Loading 60M rows takes a while (about half an hour on the 2-core CI machine); the data is made
+inside PostgreSQL (generate_series) and dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+import sqlalchemy as sa
+
+from abkit.core.metrics import Metric
+from abkit.store import migrate
+from abkit.store.analysis import ANALYSIS_WORK_MEM, SqlAnalysis
+from abkit.store.engine import create_store_engine
+
+ADMIN_URL = os.environ.get(
+    "ABKIT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+METRICS = [
+    Metric("conversion", "binary", window_seconds=7 * 86400),
+    Metric("revenue", "continuous", window_seconds=7 * 86400),
+]
+BARE = """
+SELECT arm_key, COUNT(*), SUM(y), SUM(y * y) FROM (
+    SELECT x.arm_key, x.unit_id, SUM(v.value) AS y
+    FROM exposures AS x
+    LEFT JOIN events AS v ON v.unit_id = x.unit_id AND v.metric IN ('conversion', 'revenue')
+    WHERE x.experiment_key = 'bench'
+    GROUP BY x.arm_key, x.unit_id
+) AS per_unit
+GROUP BY arm_key
+"""
+POLICY = {
+    "primary": {"metric": "conversion", "kind": "binary", "window": 604800},
+    "guardrails": [
+        {
+            "metric": "revenue",
+            "kind": "continuous",
+            "direction": "increase",
+            "margin": 0.05,
+            "relative": True,
+        }
+    ],
+    "min_units_per_arm": 100,
+}
+LOOK = r"""
+import json, sys, time
+from abkit.clock import SystemClock
+from abkit.decisions import DecisionService
+from abkit.store.sql import SqlStore
+store = SqlStore.from_url(sys.argv[1])
+started = time.perf_counter()
+outcome = DecisionService(store, SystemClock()).look("bench")
+elapsed = time.perf_counter() - started
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+action = outcome.record.action if outcome else None
+print(json.dumps({"seconds": elapsed, "peak_rss_mb": peak / 1024, "action": action}))
+"""
+
+
+def grow(engine: sa.Engine, start: int, stop: int) -> None:
+    """Units ``start+1 .. stop`` and 5 events each, generated inside PostgreSQL, in chunks."""
+    chunk = 1_000_000
+    for lo in range(start, stop, chunk):
+        hi = min(lo + chunk, stop)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    """
+                    INSERT INTO exposures (experiment_key, unit_id, arm_key, model_version,
+                                           config_checksum, exposed_at, trace_id, span_id)
+                    SELECT 'bench', 'user-' || g,
+                           CASE WHEN g % 2 = 0 THEN 'control' ELSE 'treatment' END,
+                           CASE WHEN g % 2 = 0 THEN 'v1' ELSE 'v2' END, '0123456789abcdef',
+                           timestamptz '2026-03-01' + (g % 86400) * interval '1 second', '', ''
+                    FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS g
+                    """
+                ),
+                {"lo": lo + 1, "hi": hi},
+            )
+            conn.execute(
+                sa.text(
+                    """
+                    INSERT INTO events (event_id, unit_id, metric, value, occurred_at,
+                                        trace_id, span_id)
+                    SELECT 'e' || u || '-' || k, 'user-' || u,
+                           CASE WHEN k = 0 THEN 'conversion' ELSE 'revenue' END,
+                           ((u * 31 + k * 17) % 100) / 10.0,
+                           timestamptz '2026-03-01' + ((u * 7 + k * 3600) % (10 * 86400))
+                               * interval '1 second',
+                           '', ''
+                    FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS u,
+                         generate_series(0, 4) AS k
+                    """
+                ),
+                {"lo": lo + 1, "hi": hi},
+            )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE exposures"))
+        conn.execute(sa.text("VACUUM ANALYZE events"))
+
+
+def timed(engine: sa.Engine, repeats: int) -> dict[str, float]:
+    ours, bare = [], []
+    with engine.connect() as conn:
+        analysis = SqlAnalysis(conn)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            analysis.summaries("bench", METRICS)
+            conn.commit()
+            ours.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            conn.execute(sa.text(f"SET LOCAL work_mem = '{ANALYSIS_WORK_MEM}'"))
+            conn.execute(sa.text(BARE)).all()
+            conn.commit()
+            bare.append(time.perf_counter() - started)
+    return {
+        "query_s": statistics.median(ours),
+        "bare_s": statistics.median(bare),
+        "ratio": statistics.median(ours) / statistics.median(bare),
+        "raw_query_s": ours,
+        "raw_bare_s": bare,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--small", type=int, default=1_000_000)
+    parser.add_argument("--large", type=int, default=10_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    admin = create_store_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"abkit_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        engine = create_store_engine(url)
+        migrate.upgrade(engine)
+        result: dict[str, object] = {"benchmark": "analysis_scale_postgresql"}
+        started = time.perf_counter()
+        grow(engine, 0, args.small)
+        result["load_small_s"] = round(time.perf_counter() - started)
+        small = timed(engine, args.repeats)
+        started = time.perf_counter()
+        grow(engine, args.small, args.large)
+        result["load_large_s"] = round(time.perf_counter() - started)
+        large = timed(engine, args.repeats)
+        result.update(
+            {
+                "small_units": args.small,
+                "large_units": args.large,
+                "small": small,
+                "large": large,
+                "growth_query": large["query_s"] / small["query_s"],
+                "growth_rows": args.large / args.small,
+            }
+        )
+        # A real look of the worker on the large experiment, in a fresh process.
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO experiments (key, name, description, model, status, salt, "
+                    "hash_version, coverage, overrides, policy, config_checksum, revision, "
+                    "created_at, updated_at, started_at) VALUES ('bench', '', '', 'bench', "
+                    "'running', 'bench', 1, 1.0, '{}', CAST(:policy AS JSONB), "
+                    "'0123456789abcdef', 1, now(), now(), now())"
+                ),
+                {"policy": json.dumps(POLICY)},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO arms (experiment_key, key, position, model_version, weight, "
+                    "is_control) VALUES ('bench', 'control', 0, 'v1', 0.5, true), "
+                    "('bench', 'treatment', 1, 'v2', 0.5, false)"
+                )
+            )
+        engine.dispose()
+        look = subprocess.run(
+            [sys.executable, "-c", LOOK, url], capture_output=True, text=True, check=True
+        )
+        result["worker_look"] = json.loads(look.stdout.strip().splitlines()[-1])
+        print(json.dumps(result))
+        print(
+            f"{args.small:,} units: query {small['query_s']:.1f} s, ratio {small['ratio']:.2f}; "
+            f"{args.large:,} units: query {large['query_s']:.1f} s, ratio {large['ratio']:.2f} "
+            "(goal <= 1.5); "
+            f"growth {result['growth_query']:.1f}x for {result['growth_rows']:.0f}x the rows; "
+            f"worker look at {args.large:,}: {result['worker_look']['seconds']:.1f} s, "
+            f"peak RSS {result['worker_look']['peak_rss_mb']:.0f} MB"
+        )
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
