@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, Protocol
 from abkit.core.assignment import Assignment, Catalog, CompiledExperiment, Exposure
 from abkit.core.limits import (
     MAX_EXPERIMENT_KEYS,
+    MAX_UNIT_ID_BYTES,
     check_attributes,
     check_batch,
     check_event_id,
@@ -184,7 +185,7 @@ class AssignmentService:
         trace: TraceRef = NO_TRACE,
     ) -> list[Assignment]:
         request = UnitRequest(unit_id, attributes, experiment_keys)
-        _check_request(request, "")
+        _check_request(request)
         return self._assign_checked([request], trace, batched=False)[0]
 
     def assign_batch(
@@ -192,7 +193,7 @@ class AssignmentService:
     ) -> list[list[Assignment]]:
         check_batch(len(requests), "requests")
         for i, request in enumerate(requests):
-            _check_request(request, f"requests[{i}].")
+            _check_request(request, i)
         return self._assign_checked(requests, trace, batched=True)
 
     def _assign_checked(
@@ -271,15 +272,28 @@ def _identity(unit_id: str) -> str:
     return unit_id
 
 
-def _check_request(request: UnitRequest, prefix: str) -> None:
-    check_unit_id(request.unit_id, f"{prefix}unit_id")
+def _check_request(request: UnitRequest, index: int | None = None) -> None:
+    """Check one unit; ``index`` (its place in a batch) only names the field in an error."""
+    unit_id = request.unit_id
+    # The common case (printable ASCII, short enough) passes without building a field name.
+    if not (
+        type(unit_id) is str
+        and 0 < len(unit_id) <= MAX_UNIT_ID_BYTES
+        and unit_id.isascii()
+        and unit_id.isprintable()
+    ):
+        check_unit_id(unit_id, _field(index, "unit_id"))
     if request.attributes:
-        check_attributes(request.attributes, f"{prefix}attributes")
+        check_attributes(request.attributes, _field(index, "attributes"))
     keys = request.experiment_keys
     if len(keys) > MAX_EXPERIMENT_KEYS:
         raise ValidationError(
-            f"{prefix}experiment_keys", f"at most {MAX_EXPERIMENT_KEYS} keys, got {len(keys)}"
+            _field(index, "experiment_keys"), f"at most {MAX_EXPERIMENT_KEYS} keys, got {len(keys)}"
         )
+
+
+def _field(index: int | None, name: str) -> str:
+    return name if index is None else f"requests[{index}].{name}"
     # Key formats are checked only when a key is not found (see _resolve): a key the catalog
     # knows is valid by construction, and this runs for every unit of every request.
 
@@ -291,7 +305,9 @@ def _resolve(
     seen: dict[tuple[str, ...], tuple[CompiledExperiment, ...]] = {}
     resolved = []
     for i, request in enumerate(requests):
-        keys = tuple(request.experiment_keys)
+        keys = request.experiment_keys
+        if type(keys) is not tuple:
+            keys = tuple(keys)
         experiments = seen.get(keys)
         if experiments is None:
             try:

@@ -15,10 +15,10 @@ from abkit.config import Settings
 from abkit.errors import ValidationError
 from abkit.metrics import RpcMetrics, observe_runtime
 from abkit.rpc.auth import TokenInterceptor
-from abkit.rpc.servicer import AssignmentServicer
+from abkit.rpc.servicer import AssignmentServicer, add_to_server
 from abkit.runtime import Runtime
 from abkit.telemetry import Telemetry
-from abkit.v1 import assignment_pb2, assignment_pb2_grpc
+from abkit.v1 import assignment_pb2
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def build_server(
         interceptors=interceptors,
         options=[("grpc.so_reuseport", 0)],
     )
-    assignment_pb2_grpc.add_AssignmentServiceServicer_to_server(
+    add_to_server(
         AssignmentServicer(
             runtime.assignment,
             telemetry.tracer(),

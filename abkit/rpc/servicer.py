@@ -1,12 +1,15 @@
 """The AssignmentService servicer: convert, call the service, convert back.
 
 Each method is wrapped by :func:`abkit.rpc.tracing.rpc`: a span, the duration metric, and the
-translation of :class:`~abkit.errors.AbkitError` into gRPC status codes.
+translation of :class:`~abkit.errors.AbkitError` into gRPC status codes. ``Assign`` and
+``AssignBatch`` answer with already-serialized bytes (:class:`~abkit.rpc.convert.ResponseCache`),
+so the service is registered by :func:`add_to_server`, whose serializers pass bytes through.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -14,7 +17,7 @@ from opentelemetry.trace import Tracer
 
 from abkit.metrics import RpcMetrics
 from abkit.rpc import convert
-from abkit.rpc.tracing import rpc
+from abkit.rpc.tracing import SERVICE, rpc
 from abkit.services import AssignmentService, TraceRef
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc
@@ -49,15 +52,12 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
 
     @rpc
     def AssignBatch(self, request: Any, context: grpc.ServicerContext, trace: TraceRef) -> Any:
-        units = [
-            convert.unit_request_from_proto(r, f"requests[{i}].")
-            for i, r in enumerate(request.requests)
-        ]
+        from_proto = convert.unit_request_from_proto
+        units = [from_proto(r, i) for i, r in enumerate(request.requests)]
         results = self._service.assign_batch(units, trace)
         if self.metrics is not None:
             self.metrics.count_assignments(results)
-        response = self._responses.response
-        return pb.AssignBatchResponse(responses=[response(r) for r in results])
+        return self._responses.batch_response(results)
 
     @rpc
     def Track(self, request: Any, context: grpc.ServicerContext, trace: TraceRef) -> Any:
@@ -71,3 +71,22 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
         ]
         events = self._service.track_batch(items, trace)
         return pb.TrackBatchResponse(event_ids=convert.event_ids(events))
+
+
+def add_to_server(servicer: AssignmentServicer, server: grpc.Server) -> None:
+    """Register the service as the generated ``add_..._to_server`` would, with
+    :func:`~abkit.rpc.convert.wire` as every response serializer."""
+    methods: dict[str, tuple[Callable[..., Any], Any]] = {
+        "Assign": (servicer.Assign, pb.AssignRequest),
+        "AssignBatch": (servicer.AssignBatch, pb.AssignBatchRequest),
+        "Track": (servicer.Track, pb.TrackRequest),
+        "TrackBatch": (servicer.TrackBatch, pb.TrackBatchRequest),
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            method, request_deserializer=request.FromString, response_serializer=convert.wire
+        )
+        for name, (method, request) in methods.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
