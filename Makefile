@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test unit lint typecheck proto analysis-sql bench serve clean
+.PHONY: install demo test unit lint typecheck proto analysis-sql bench bench-tools serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,12 +41,36 @@ proto: install
 analysis-sql: install
 	$(BIN)/python -m abkit.store.analysis analysis
 
-bench: install
+# Benchmarks (BENCHMARKS.md): PostgreSQL at ABKIT_TEST_POSTGRES_URL (default: the local server),
+# h2load (Debian's nghttp2-client, installed here when missing and apt-get can) and a separate
+# virtualenv with the peers abkit is compared with -- never runtime dependencies.
+# The whole run takes about an hour, most of it loading 60M rows for bench_scale.
+BENCH_VENV  := .bench-venv
+BENCH_PEERS := growthbook==4.0.0 planout==0.6.0 six==1.17.0
+
+$(BENCH_VENV)/.installed-stamp:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet $(BENCH_PEERS)
+	touch $@
+
+bench-tools: $(BENCH_VENV)/.installed-stamp
+	@command -v h2load >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client; \
+		else \
+			echo "h2load is missing: sudo apt-get install nghttp2-client" >&2; exit 1; \
+		fi; }
+
+bench: install bench-tools
 	$(BIN)/python tests/benchmarks/bench_assign.py
+	$(BIN)/python tests/benchmarks/bench_peers.py
+	$(BIN)/python tests/benchmarks/bench_grpc.py
+	$(BIN)/python tests/benchmarks/bench_writer.py
 	$(BIN)/python tests/benchmarks/bench_analysis.py
+	$(BIN)/python tests/benchmarks/bench_scale.py
 
 serve: install
 	$(BIN)/abkit serve
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache abkit-demo.db*
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache abkit-demo.db*

@@ -115,8 +115,8 @@ print(json.dumps(out))
 def peers_run(experiments: int) -> dict[str, float]:
     if not BENCH_PYTHON.exists():
         raise SystemExit(
-            "the peers live in .bench-venv: python3 -m venv .bench-venv && "
-            ".bench-venv/bin/pip install growthbook planout six"
+            "the peers live in .bench-venv: `make bench-tools` creates it "
+            "(growthbook==4.0.0 planout==0.6.0 six==1.17.0)"
         )
     users = USERS // 10 if experiments > 1 else USERS
     done = subprocess.run(
