@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
-import uuid
 
 import sqlalchemy as sa
+from common import BARE, METRICS, scratch_database
 
-from abkit.core.metrics import Metric
 from abkit.core.stats import (
     SequentialMonitor,
     fixed_horizon_test,
@@ -31,30 +29,9 @@ from abkit.core.stats import (
     sequential_test,
     srm_test,
 )
-from abkit.store import migrate
 from abkit.store.analysis import ANALYSIS_WORK_MEM, SqlAnalysis, summary_sql
 from abkit.store.engine import create_store_engine
 
-ADMIN_URL = os.environ.get(
-    "ABKIT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-METRICS = [
-    Metric("conversion", "binary", window_seconds=7 * 86400),
-    Metric("revenue", "continuous", window_seconds=7 * 86400),
-]
-# The goal's baseline: the same rows (the experiment's exposures joined to the events of its
-# metrics) grouped the way any per-unit statistic must be -- per unit, then per arm -- with bare
-# SUMs instead of abkit's windowed, per-metric CASE expressions.
-BARE = """
-SELECT arm_key, COUNT(*), SUM(y), SUM(y * y) FROM (
-    SELECT x.arm_key, x.unit_id, SUM(v.value) AS y
-    FROM exposures AS x
-    LEFT JOIN events AS v ON v.unit_id = x.unit_id AND v.metric IN ('conversion', 'revenue')
-    WHERE x.experiment_key = 'bench'
-    GROUP BY x.arm_key, x.unit_id
-) AS per_unit
-GROUP BY arm_key
-"""
 # Reported for context: one GROUP BY arm over the join. It cannot yield a sum of squares of
 # per-unit values, so it is a floor, not a like-for-like baseline.
 JOIN_ONLY = """
@@ -119,14 +96,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    admin = create_store_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"abkit_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(ADMIN_URL).set(database=name)
-    engine = create_store_engine(url)
-    try:
-        migrate.upgrade(engine)
+    with scratch_database() as url:
+        engine = create_store_engine(url)
         started = time.perf_counter()
         load(engine, args.units, args.events_per_unit)
         load_seconds = time.perf_counter() - started
@@ -199,11 +170,7 @@ def main() -> None:
             f"{result['ratio_to_join_only']}; "
             f"statistics of one look {result['look_stats_median_ms']} ms (goal <= 5)"
         )
-    finally:
         engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 if __name__ == "__main__":

@@ -27,20 +27,14 @@ import struct
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
-import sqlalchemy as sa
+from common import scratch_database
 
 from abkit.loadtest import run_load
-from abkit.store import migrate
-from abkit.store.engine import create_store_engine
 from abkit.v1 import assignment_pb2 as pb
 
 ROOT = Path(__file__).parents[2]
-ADMIN_URL = os.environ.get(
-    "ABKIT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 EXPERIMENT = """
 key: bench
 arms:
@@ -99,131 +93,121 @@ def main() -> None:
     if shutil.which("h2load") is None:
         raise SystemExit("h2load is missing: apt-get install nghttp2-client")
 
-    admin = create_store_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"abkit_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     work = Path(tempfile.mkdtemp(prefix="abkit-bench-"))
     servers: list[subprocess.Popen[str]] = []
-    try:
-        engine = create_store_engine(url)
-        migrate.upgrade(engine)
-        engine.dispose()
-        (work / "exp.yaml").write_text(EXPERIMENT)
-        env = {**os.environ, "ABKIT_DATABASE_URL": url, "ABKIT_SPOOL_DIR": str(work / "spool")}
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "abkit",
-                "experiment",
-                "apply",
-                "-f",
-                str(work / "exp.yaml"),
-                "--start",
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        abkit_proc, abkit_port = start(
-            [sys.executable, "-m", "abkit", "grpc", "--address", "127.0.0.1:0"], env
-        )
-        base_proc, base_port = start([sys.executable, "-m", "abkit.loadtest", "127.0.0.1:0"], env)
-        servers += [abkit_proc, base_proc]
-        single = work / "assign.bin"
-        single.write_bytes(frame(pb.AssignRequest(unit_id="user-12345", experiment_keys=["bench"])))
-        batch = work / "batch.bin"
-        batch.write_bytes(
-            frame(
-                pb.AssignBatchRequest(
-                    requests=[
-                        pb.AssignRequest(unit_id=f"user-{i}", experiment_keys=["bench"])
-                        for i in range(100)
-                    ]
-                )
+    with scratch_database() as url:
+        try:
+            run(args, url, work, servers)
+        finally:
+            for proc in servers:
+                proc.terminate()
+                proc.wait(timeout=30)
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(
+    args: argparse.Namespace, url: str, work: Path, servers: list[subprocess.Popen[str]]
+) -> None:
+    (work / "exp.yaml").write_text(EXPERIMENT)
+    env = {**os.environ, "ABKIT_DATABASE_URL": url, "ABKIT_SPOOL_DIR": str(work / "spool")}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "abkit",
+            "experiment",
+            "apply",
+            "-f",
+            str(work / "exp.yaml"),
+            "--start",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    abkit_proc, abkit_port = start(
+        [sys.executable, "-m", "abkit", "grpc", "--address", "127.0.0.1:0"], env
+    )
+    base_proc, base_port = start([sys.executable, "-m", "abkit.loadtest", "127.0.0.1:0"], env)
+    servers += [abkit_proc, base_proc]
+    single = work / "assign.bin"
+    single.write_bytes(frame(pb.AssignRequest(unit_id="user-12345", experiment_keys=["bench"])))
+    batch = work / "batch.bin"
+    batch.write_bytes(
+        frame(
+            pb.AssignBatchRequest(
+                requests=[
+                    pb.AssignRequest(unit_id=f"user-{i}", experiment_keys=["bench"])
+                    for i in range(100)
+                ]
             )
         )
-        rows: dict[str, list[float]] = {
-            k: []
-            for k in (
-                "h2_assign",
-                "h2_assign_base",
-                "h2_batch",
-                "h2_batch_base",
-                "py_assign",
-                "py_assign_base",
-            )
-        }
-        for _ in range(args.rounds):  # interleaved rounds: drift hits both servers alike
-            rows["h2_assign"].append(h2load(abkit_port, "Assign", single, args.seconds)["rps"])
-            rows["h2_assign_base"].append(h2load(base_port, "Assign", single, args.seconds)["rps"])
-            rows["h2_batch"].append(
-                h2load(abkit_port, "AssignBatch", batch, args.seconds)["rps"] * 100
-            )
-            rows["h2_batch_base"].append(
-                h2load(base_port, "AssignBatch", batch, args.seconds)["rps"] * 100
-            )
-            rows["py_assign"].append(
-                run_load(
-                    f"127.0.0.1:{abkit_port}", duration=args.seconds, experiment_keys=["bench"]
-                ).rps
-            )
-            rows["py_assign_base"].append(
-                run_load(f"127.0.0.1:{base_port}", duration=args.seconds).rps
-            )
-        medians = {k: statistics.median(v) for k, v in rows.items()}
-        # Latency at half of abkit's maximum Assign rate, with the Python client (h2load's
-        # latency histogram mixes in its own queueing).
-        half = run_load(
-            f"127.0.0.1:{abkit_port}",
-            duration=args.seconds,
-            rate=medians["py_assign"] / 2,
-            concurrency=16,
-            experiment_keys=["bench"],
+    )
+    rows: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "h2_assign",
+            "h2_assign_base",
+            "h2_batch",
+            "h2_batch_base",
+            "py_assign",
+            "py_assign_base",
         )
-        result = {
-            "benchmark": "grpc_assign_vs_empty_handler",
-            "rounds": args.rounds,
-            "seconds": args.seconds,
-            "h2load_assign_rps": round(medians["h2_assign"]),
-            "h2load_baseline_assign_rps": round(medians["h2_assign_base"]),
-            "h2load_assign_ratio": round(medians["h2_assign"] / medians["h2_assign_base"], 3),
-            "h2load_batch_assignments_per_s": round(medians["h2_batch"]),
-            "h2load_baseline_batch_units_per_s": round(medians["h2_batch_base"]),
-            "python_client_assign_rps": round(medians["py_assign"]),
-            "python_client_baseline_rps": round(medians["py_assign_base"]),
-            "python_client_assign_ratio": round(
-                medians["py_assign"] / medians["py_assign_base"], 3
-            ),
-            "half_load_rps": round(half.rps),
-            "half_load_p50_ms": round(half.p50_ms, 2),
-            "half_load_p99_ms": round(half.p99_ms, 2),
-            "half_load_p999_ms": round(half.p999_ms, 2),
-            "server_peak_rss_mb": round(peak_rss_mb(abkit_proc.pid), 1),
-            "baseline_peak_rss_mb": round(peak_rss_mb(base_proc.pid), 1),
-            "raw": rows,
-        }
-        print(json.dumps(result))
-        r = result
-        print(
-            f"Assign (h2load): abkit {r['h2load_assign_rps']:,} req/s vs empty handler "
-            f"{r['h2load_baseline_assign_rps']:,} -> {r['h2load_assign_ratio']} (goal >= 0.8); "
-            f"AssignBatch: {r['h2load_batch_assignments_per_s']:,} assignments/s "
-            f"(goal >= 150,000; empty handler {r['h2load_baseline_batch_units_per_s']:,}); "
-            f"Python client ratio {r['python_client_assign_ratio']}; at half load "
-            f"({r['half_load_rps']:,} req/s) p99 {r['half_load_p99_ms']} ms; "
-            f"server peak RSS {r['server_peak_rss_mb']} MB"
+    }
+    for _ in range(args.rounds):  # interleaved rounds: drift hits both servers alike
+        rows["h2_assign"].append(h2load(abkit_port, "Assign", single, args.seconds)["rps"])
+        rows["h2_assign_base"].append(h2load(base_port, "Assign", single, args.seconds)["rps"])
+        rows["h2_batch"].append(h2load(abkit_port, "AssignBatch", batch, args.seconds)["rps"] * 100)
+        rows["h2_batch_base"].append(
+            h2load(base_port, "AssignBatch", batch, args.seconds)["rps"] * 100
         )
-    finally:
-        for proc in servers:
-            proc.terminate()
-            proc.wait(timeout=30)
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        shutil.rmtree(work, ignore_errors=True)
+        rows["py_assign"].append(
+            run_load(
+                f"127.0.0.1:{abkit_port}", duration=args.seconds, experiment_keys=["bench"]
+            ).rps
+        )
+        rows["py_assign_base"].append(run_load(f"127.0.0.1:{base_port}", duration=args.seconds).rps)
+    medians = {k: statistics.median(v) for k, v in rows.items()}
+    # Latency at half of abkit's maximum Assign rate, with the Python client (h2load's
+    # latency histogram mixes in its own queueing).
+    half = run_load(
+        f"127.0.0.1:{abkit_port}",
+        duration=args.seconds,
+        rate=medians["py_assign"] / 2,
+        concurrency=16,
+        experiment_keys=["bench"],
+    )
+    result = {
+        "benchmark": "grpc_assign_vs_empty_handler",
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "h2load_assign_rps": round(medians["h2_assign"]),
+        "h2load_baseline_assign_rps": round(medians["h2_assign_base"]),
+        "h2load_assign_ratio": round(medians["h2_assign"] / medians["h2_assign_base"], 3),
+        "h2load_batch_assignments_per_s": round(medians["h2_batch"]),
+        "h2load_baseline_batch_units_per_s": round(medians["h2_batch_base"]),
+        "python_client_assign_rps": round(medians["py_assign"]),
+        "python_client_baseline_rps": round(medians["py_assign_base"]),
+        "python_client_assign_ratio": round(medians["py_assign"] / medians["py_assign_base"], 3),
+        "half_load_rps": round(half.rps),
+        "half_load_p50_ms": round(half.p50_ms, 2),
+        "half_load_p99_ms": round(half.p99_ms, 2),
+        "half_load_p999_ms": round(half.p999_ms, 2),
+        "server_peak_rss_mb": round(peak_rss_mb(abkit_proc.pid), 1),
+        "baseline_peak_rss_mb": round(peak_rss_mb(base_proc.pid), 1),
+        "raw": rows,
+    }
+    print(json.dumps(result))
+    r = result
+    print(
+        f"Assign (h2load): abkit {r['h2load_assign_rps']:,} req/s vs empty handler "
+        f"{r['h2load_baseline_assign_rps']:,} -> {r['h2load_assign_ratio']} (goal >= 0.8); "
+        f"AssignBatch: {r['h2load_batch_assignments_per_s']:,} assignments/s "
+        f"(goal >= 150,000; empty handler {r['h2load_baseline_batch_units_per_s']:,}); "
+        f"Python client ratio {r['python_client_assign_ratio']}; at half load "
+        f"({r['half_load_rps']:,} req/s) p99 {r['half_load_p99_ms']} ms; "
+        f"server peak RSS {r['server_peak_rss_mb']} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -19,37 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
-import uuid
 
 import sqlalchemy as sa
+from common import BARE, METRICS, scratch_database
 
-from abkit.core.metrics import Metric
-from abkit.store import migrate
 from abkit.store.analysis import ANALYSIS_WORK_MEM, SqlAnalysis
 from abkit.store.engine import create_store_engine
 
-ADMIN_URL = os.environ.get(
-    "ABKIT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-METRICS = [
-    Metric("conversion", "binary", window_seconds=7 * 86400),
-    Metric("revenue", "continuous", window_seconds=7 * 86400),
-]
-BARE = """
-SELECT arm_key, COUNT(*), SUM(y), SUM(y * y) FROM (
-    SELECT x.arm_key, x.unit_id, SUM(v.value) AS y
-    FROM exposures AS x
-    LEFT JOIN events AS v ON v.unit_id = x.unit_id AND v.metric IN ('conversion', 'revenue')
-    WHERE x.experiment_key = 'bench'
-    GROUP BY x.arm_key, x.unit_id
-) AS per_unit
-GROUP BY arm_key
-"""
 POLICY = {
     "primary": {"metric": "conversion", "kind": "binary", "window": 604800},
     "guardrails": [
@@ -149,14 +129,8 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=10_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    admin = create_store_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"abkit_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_database() as url:
         engine = create_store_engine(url)
-        migrate.upgrade(engine)
         result: dict[str, object] = {"benchmark": "analysis_scale_postgresql"}
         started = time.perf_counter()
         grow(engine, 0, args.small)
@@ -209,10 +183,6 @@ def main() -> None:
             f"worker look at {args.large:,}: {result['worker_look']['seconds']:.1f} s, "
             f"peak RSS {result['worker_look']['peak_rss_mb']:.0f} MB"
         )
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 if __name__ == "__main__":

@@ -18,24 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
+from common import scratch_database
 
 from abkit.config import Settings
 from abkit.core.assignment import Exposure
-from abkit.store import migrate
 from abkit.store.engine import create_store_engine
 from abkit.store.sql import SqlStore
 from abkit.writer import BufferedWriter
 
-ADMIN_URL = os.environ.get(
-    "ABKIT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 COLUMNS = (
     "experiment_key", "unit_id", "arm_key", "model_version", "config_checksum", "exposed_at",
     "trace_id", "span_id",
@@ -106,14 +101,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=Settings().writer_batch_size)
     args = parser.parse_args()
-    admin = create_store_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"abkit_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_database() as url:
         engine = create_store_engine(url)
-        migrate.upgrade(engine)
         with engine.begin() as conn:
             conn.execute(sa.text("CREATE TABLE exposures_copy (LIKE exposures INCLUDING ALL)"))
         copies, writes, submits = [], [], []
@@ -145,10 +134,6 @@ def main() -> None:
             f" rows/s: ratio {result['ratio']} (goal >= 0.5); submit() p99 "
             f"{result['submit_p99_us']} us (the request path never waits on the database)"
         )
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 if __name__ == "__main__":
