@@ -119,7 +119,7 @@ def build_server(
 ) -> GrpcServer:
     """Build (not start) the server. ``address="127.0.0.1:0"`` picks a free port (tests)."""
     meter = telemetry.meter()
-    rpc_metrics = RpcMetrics(meter)
+    rpc_metrics = RpcMetrics(meter) if telemetry.records_metrics else None
     observe_runtime(meter, runtime)
     interceptors: list[grpc.ServerInterceptor] = []
     if settings.api_token:

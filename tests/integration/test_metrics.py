@@ -102,6 +102,7 @@ def test_the_prometheus_endpoint_serves_the_same_metrics(sqlite_url: str) -> Non
         port = s.getsockname()[1]
     settings = Settings(database_url=sqlite_url, writer_flush_seconds=0.02, metrics_port=port)
     tel = telemetry.build(settings)
+    assert tel.records_metrics  # a reader is configured: RPCs are measured
     runtime = Runtime(settings, SqlStore.from_url(sqlite_url))
     runtime.experiments.apply(experiment_from_dict(EXPERIMENT), actor="t", start=True)
     runtime.start()
