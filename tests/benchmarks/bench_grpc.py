@@ -1,13 +1,23 @@
 """Benchmark: gRPC Assign and AssignBatch of an abkit server against an empty-handler server.
 
-Both servers run as separate processes on this machine, the same thread-pool gRPC server, the
+The servers run as separate processes on this machine, the same thread-pool gRPC server, the
 same service and message types; the baseline's handlers do nothing (``abkit.loadtest``). abkit
-runs with exposure logging into PostgreSQL and tracing on (a sampled SERVER span per RPC, no
-exporter). Each load runs against both, interleaved, in the same run:
+runs as ``abkit grpc`` with exposure logging into PostgreSQL, in two configurations:
+
+* **default** -- no exporter configured: the caller's trace context is read and every row gets
+  its trace id and a span id, but no span is recorded (nothing would receive it) and no metric
+  is measured (no reader);
+* **spans recorded** -- ``OTEL_TRACES_SAMPLER=always_on``: a full SERVER span per RPC (ended and
+  handed to the SDK; with no exporter it goes no further).
+
+Each load runs against each server, interleaved, in the same run:
 
 * ``h2load`` (Debian's nghttp2-client, C): sends pre-serialized gRPC frames, so the client
-  costs almost nothing and the server is what is measured -- the primary figures;
-* ``abkit loadtest`` (Python asyncio): the same Python client everyone would use.
+  costs almost nothing and the server is what is measured -- the primary figures. Its body is
+  fixed, so every call asks for the same unit(s): a returning user, whose first exposure is
+  already logged (abkit logs first exposures only);
+* ``abkit loadtest`` (Python asyncio): a new unit on every call, so every Assign writes an
+  exposure row -- the writer and PostgreSQL under load, in the same process.
 
 Goals (issue #8): Assign >= 0.8x the baseline's throughput; AssignBatch (100 units a call)
 >= 150,000 assignments/s with logging on; p99 latency reported at half the maximum load.
@@ -128,8 +138,12 @@ def run(
     abkit_proc, abkit_port = start(
         [sys.executable, "-m", "abkit", "grpc", "--address", "127.0.0.1:0"], env
     )
+    traced_proc, traced_port = start(
+        [sys.executable, "-m", "abkit", "grpc", "--address", "127.0.0.1:0"],
+        {**env, "OTEL_TRACES_SAMPLER": "always_on", "ABKIT_SPOOL_DIR": str(work / "spool-2")},
+    )
     base_proc, base_port = start([sys.executable, "-m", "abkit.loadtest", "127.0.0.1:0"], env)
-    servers += [abkit_proc, base_proc]
+    servers += [abkit_proc, traced_proc, base_proc]
     single = work / "assign.bin"
     single.write_bytes(frame(pb.AssignRequest(unit_id="user-12345", experiment_keys=["bench"])))
     batch = work / "batch.bin"
@@ -148,6 +162,7 @@ def run(
         for k in (
             "h2_assign",
             "h2_assign_base",
+            "h2_assign_spans",
             "h2_batch",
             "h2_batch_base",
             "py_assign",
@@ -157,6 +172,7 @@ def run(
     for _ in range(args.rounds):  # interleaved rounds: drift hits both servers alike
         rows["h2_assign"].append(h2load(abkit_port, "Assign", single, args.seconds)["rps"])
         rows["h2_assign_base"].append(h2load(base_port, "Assign", single, args.seconds)["rps"])
+        rows["h2_assign_spans"].append(h2load(traced_port, "Assign", single, args.seconds)["rps"])
         rows["h2_batch"].append(h2load(abkit_port, "AssignBatch", batch, args.seconds)["rps"] * 100)
         rows["h2_batch_base"].append(
             h2load(base_port, "AssignBatch", batch, args.seconds)["rps"] * 100
@@ -184,6 +200,10 @@ def run(
         "h2load_assign_rps": round(medians["h2_assign"]),
         "h2load_baseline_assign_rps": round(medians["h2_assign_base"]),
         "h2load_assign_ratio": round(medians["h2_assign"] / medians["h2_assign_base"], 3),
+        "h2load_assign_spans_recorded_rps": round(medians["h2_assign_spans"]),
+        "h2load_assign_spans_recorded_ratio": round(
+            medians["h2_assign_spans"] / medians["h2_assign_base"], 3
+        ),
         "h2load_batch_assignments_per_s": round(medians["h2_batch"]),
         "h2load_baseline_batch_units_per_s": round(medians["h2_batch_base"]),
         "python_client_assign_rps": round(medians["py_assign"]),
@@ -201,10 +221,12 @@ def run(
     r = result
     print(
         f"Assign (h2load): abkit {r['h2load_assign_rps']:,} req/s vs empty handler "
-        f"{r['h2load_baseline_assign_rps']:,} -> {r['h2load_assign_ratio']} (goal >= 0.8); "
+        f"{r['h2load_baseline_assign_rps']:,} -> {r['h2load_assign_ratio']} (goal >= 0.8), "
+        f"with spans recorded {r['h2load_assign_spans_recorded_ratio']}; "
         f"AssignBatch: {r['h2load_batch_assignments_per_s']:,} assignments/s "
         f"(goal >= 150,000; empty handler {r['h2load_baseline_batch_units_per_s']:,}); "
-        f"Python client ratio {r['python_client_assign_ratio']}; at half load "
+        f"Python client (a new unit every call) ratio {r['python_client_assign_ratio']}; "
+        f"at half load "
         f"({r['half_load_rps']:,} req/s) p99 {r['half_load_p99_ms']} ms; "
         f"server peak RSS {r['server_peak_rss_mb']} MB"
     )
