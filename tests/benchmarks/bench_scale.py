@@ -179,7 +179,8 @@ def main() -> None:
             f"{args.small:,} units: query {small['query_s']:.1f} s, ratio {small['ratio']:.2f}; "
             f"{args.large:,} units: query {large['query_s']:.1f} s, ratio {large['ratio']:.2f} "
             "(goal <= 1.5); "
-            f"growth {result['growth_query']:.1f}x for {result['growth_rows']:.0f}x the rows; "
+            f"growth {result['growth_query']:.1f}x for {result['growth_rows']:.0f}x the rows "
+            f"(goal: at most {result['growth_rows']:.0f}x, linear); "
             f"worker look at {args.large:,}: {result['worker_look']['seconds']:.1f} s, "
             f"peak RSS {result['worker_look']['peak_rss_mb']:.0f} MB"
         )
