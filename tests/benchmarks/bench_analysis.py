@@ -20,7 +20,7 @@ import statistics
 import time
 
 import sqlalchemy as sa
-from common import BARE, METRICS, scratch_database
+from common import BARE, METRICS, grow, scratch_database
 
 from abkit.core.stats import (
     SequentialMonitor,
@@ -43,43 +43,6 @@ GROUP BY x.arm_key
 """
 
 
-def load(engine: sa.Engine, units: int, events_per_unit: int) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                """
-                INSERT INTO exposures (experiment_key, unit_id, arm_key, model_version,
-                                       config_checksum, exposed_at, trace_id, span_id)
-                SELECT 'bench', 'user-' || g,
-                       CASE WHEN g % 2 = 0 THEN 'control' ELSE 'treatment' END,
-                       'v' || (g % 2), '0123456789abcdef',
-                       timestamptz '2026-03-01' + (g % 86400) * interval '1 second', '', ''
-                FROM generate_series(1::bigint, :units) AS g
-                """
-            ),
-            {"units": units},
-        )
-        conn.execute(
-            sa.text(
-                """
-                INSERT INTO events (event_id, unit_id, metric, value, occurred_at,
-                                    trace_id, span_id)
-                SELECT 'e' || g, 'user-' || (1 + (g * 7919) % :units),
-                       CASE WHEN g % 5 = 0 THEN 'conversion' ELSE 'revenue' END,
-                       (g % 100) / 10.0,
-                       timestamptz '2026-03-01'
-                           + ((g * 104729) % (10 * 86400)) * interval '1 second',
-                       '', ''
-                FROM generate_series(1::bigint, :events) AS g
-                """
-            ),
-            {"units": units, "events": units * events_per_unit},
-        )
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text("VACUUM ANALYZE exposures"))
-        conn.execute(sa.text("VACUUM ANALYZE events"))
-
-
 def timed(fn, repeats: int) -> list[float]:  # type: ignore[no-untyped-def]
     times = []
     for _ in range(repeats):
@@ -99,7 +62,7 @@ def main() -> None:
     with scratch_database() as url:
         engine = create_store_engine(url)
         started = time.perf_counter()
-        load(engine, args.units, args.events_per_unit)
+        grow(engine, 0, args.units, args.events_per_unit)
         load_seconds = time.perf_counter() - started
 
         with engine.connect() as conn:

@@ -25,7 +25,7 @@ import sys
 import time
 
 import sqlalchemy as sa
-from common import BARE, METRICS, scratch_database
+from common import BARE, METRICS, grow, scratch_database
 
 from abkit.store.analysis import ANALYSIS_WORK_MEM, SqlAnalysis
 from abkit.store.engine import create_store_engine
@@ -56,48 +56,6 @@ peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith
 action = outcome.record.action if outcome else None
 print(json.dumps({"seconds": elapsed, "peak_rss_mb": peak / 1024, "action": action}))
 """
-
-
-def grow(engine: sa.Engine, start: int, stop: int) -> None:
-    """Units ``start+1 .. stop`` and 5 events each, generated inside PostgreSQL, in chunks."""
-    chunk = 1_000_000
-    for lo in range(start, stop, chunk):
-        hi = min(lo + chunk, stop)
-        with engine.begin() as conn:
-            conn.execute(
-                sa.text(
-                    """
-                    INSERT INTO exposures (experiment_key, unit_id, arm_key, model_version,
-                                           config_checksum, exposed_at, trace_id, span_id)
-                    SELECT 'bench', 'user-' || g,
-                           CASE WHEN g % 2 = 0 THEN 'control' ELSE 'treatment' END,
-                           CASE WHEN g % 2 = 0 THEN 'v1' ELSE 'v2' END, '0123456789abcdef',
-                           timestamptz '2026-03-01' + (g % 86400) * interval '1 second', '', ''
-                    FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS g
-                    """
-                ),
-                {"lo": lo + 1, "hi": hi},
-            )
-            conn.execute(
-                sa.text(
-                    """
-                    INSERT INTO events (event_id, unit_id, metric, value, occurred_at,
-                                        trace_id, span_id)
-                    SELECT 'e' || u || '-' || k, 'user-' || u,
-                           CASE WHEN k = 0 THEN 'conversion' ELSE 'revenue' END,
-                           ((u * 31 + k * 17) % 100) / 10.0,
-                           timestamptz '2026-03-01' + ((u * 7 + k * 3600) % (10 * 86400))
-                               * interval '1 second',
-                           '', ''
-                    FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS u,
-                         generate_series(0, 4) AS k
-                    """
-                ),
-                {"lo": lo + 1, "hi": hi},
-            )
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text("VACUUM ANALYZE exposures"))
-        conn.execute(sa.text("VACUUM ANALYZE events"))
 
 
 def timed(engine: sa.Engine, repeats: int) -> dict[str, float]:

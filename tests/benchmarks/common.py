@@ -59,3 +59,47 @@ def scratch_database() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def grow(engine: sa.Engine, start: int, stop: int, events_per_unit: int = 5) -> None:
+    """Exposed units ``start+1 .. stop`` of experiment 'bench' (arms alternating), each with
+    ``events_per_unit`` events (the first a conversion, the rest revenue) spread over ten days,
+    generated inside PostgreSQL in chunks of a million units; then ``VACUUM ANALYZE``."""
+    chunk = 1_000_000
+    for lo in range(start, stop, chunk):
+        hi = min(lo + chunk, stop)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    """
+                    INSERT INTO exposures (experiment_key, unit_id, arm_key, model_version,
+                                           config_checksum, exposed_at, trace_id, span_id)
+                    SELECT 'bench', 'user-' || g,
+                           CASE WHEN g % 2 = 0 THEN 'control' ELSE 'treatment' END,
+                           CASE WHEN g % 2 = 0 THEN 'v1' ELSE 'v2' END, '0123456789abcdef',
+                           timestamptz '2026-03-01' + (g % 86400) * interval '1 second', '', ''
+                    FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS g
+                    """
+                ),
+                {"lo": lo + 1, "hi": hi},
+            )
+            conn.execute(
+                sa.text(
+                    """
+                    INSERT INTO events (event_id, unit_id, metric, value, occurred_at,
+                                        trace_id, span_id)
+                    SELECT 'e' || u || '-' || k, 'user-' || u,
+                           CASE WHEN k = 0 THEN 'conversion' ELSE 'revenue' END,
+                           ((u * 31 + k * 17) % 100) / 10.0,
+                           timestamptz '2026-03-01' + ((u * 7 + k * 3600) % (10 * 86400))
+                               * interval '1 second',
+                           '', ''
+                    FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS u,
+                         generate_series(0, CAST(:last AS int)) AS k
+                    """
+                ),
+                {"lo": lo + 1, "hi": hi, "last": events_per_unit - 1},
+            )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE exposures"))
+        conn.execute(sa.text("VACUUM ANALYZE events"))
