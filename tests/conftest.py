@@ -5,6 +5,11 @@ PostgreSQL comes from ``ABKIT_TEST_POSTGRES_URL`` (default: the local server,
 database and drops it at the end; tables are emptied between tests. When PostgreSQL cannot be
 reached, its tests are *skipped with the reason shown* -- unless ``ABKIT_REQUIRE_POSTGRES=1``
 (set by ``.ci/run``), in which case they fail: CI must never go green without PostgreSQL.
+
+Property tests (Hypothesis) explore new inputs on every local run, which is how they find bugs;
+CI loads the ``ci`` profile (``HYPOTHESIS_PROFILE=ci``, set by ``.ci/run``): a fixed seed and no
+example database, so a CI run is reproducible and never red because of luck. An input found
+locally is pinned as an ``@example`` on its test.
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings
 
 from abkit.store import migrate
 from abkit.store.engine import create_store_engine
 from abkit.store.memory import MemoryStore
 from abkit.store.schema import Base
 from abkit.store.sql import SqlStore
+
+settings.register_profile("ci", derandomize=True, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 BACKENDS = ("memory", "sqlite", "postgresql")

@@ -178,7 +178,9 @@ def _look(config: SequentialConfig, control: Summary, treatment: Summary) -> Tes
         estimate=effect.estimate,
         ci_low=lower,
         ci_high=upper,
-        p_value=min(1.0, math.exp(-log_e)) if log_e > -math.inf else 1.0,
+        # p = min(1, 1/Lambda): 1 unless Lambda > 1, so exp never overflows (a positive z so
+        # small that Lambda underflows below e^-709 gives log_e < -709).
+        p_value=math.exp(-log_e) if log_e > 0.0 else 1.0,
         e_value=math.exp(min(log_e, 709.0)),
         status=TestStatus.OK,
         std_error=effect.std_error,

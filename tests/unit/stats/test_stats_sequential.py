@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats
 
@@ -229,6 +229,9 @@ def test_invalid_configuration_raises(kwargs: dict[str, Any]) -> None:
     n=st.integers(2, 10**6), m_c=st.floats(-10, 10), m_t=st.floats(-10, 10),
     v=st.floats(1e-4, 100), sides=st.sampled_from([1, 2]), n_star=st.floats(10, 1e7),
 )  # fmt: skip
+# Found by this test: a positive z so small that z^2 is subnormal made log(Lambda) < -709 and
+# exp(-log Lambda) overflow; p is 1 whenever Lambda <= 1.
+@example(n=2, m_c=0.0, m_t=7.31986783796801e-157, v=1.0, sides=1, n_star=10.0)
 def test_properties(n: int, m_c: float, m_t: float, v: float, sides: int, n_star: float) -> None:
     result = sequential_test(
         ArmSummary.from_moments(n, m_c, v),
