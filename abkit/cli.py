@@ -289,24 +289,9 @@ def experiment_history(ctx: Context, key: str, fmt: str) -> None:
         finally:
             runtime.store.close()
     if fmt == "json":
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "decided_at": d.decided_at.isoformat(),
-                        "look": d.look,
-                        "action": d.action,
-                        "arm": d.arm_key,
-                        "actor": d.actor,
-                        "reason": d.reason,
-                        "config_checksum": d.config_checksum,
-                        "snapshot": d.snapshot,
-                    }
-                    for d in history
-                ],
-                indent=2,
-            )
-        )
+        from abkit.web.document import history_doc
+
+        click.echo(json.dumps([history_doc(d) for d in history], indent=2))
         return
     for d in history:
         look = f"look {d.look:>3}" if d.look is not None else "manual  "

@@ -323,7 +323,7 @@ def test_unrecorded_spans_still_stamp_rows_with_the_callers_trace(sqlite_url: st
 
     settings = Settings(database_url=sqlite_url, writer_flush_seconds=0.02)
     tel = telemetry.build(settings)
-    # Nothing configured: neither spans nor per-RPC measurements are computed for nobody.
+    # Nothing configured: no spans and no per-RPC measurements that nobody would read.
     assert not tel.records_spans and not tel.records_metrics
     runtime = Runtime(settings, SqlStore.from_url(sqlite_url))
     runtime.experiments.apply(experiment_from_dict(EXPERIMENT), actor="t", start=True)
