@@ -13,8 +13,7 @@ WITH exposed AS (
 ),
 unit_values AS (
     SELECT
-        x.arm_key,
-        x.unit_id,
+        MIN(x.arm_key) AS arm_key,
         MAX(CASE WHEN v.metric = :e0 AND v.occurred_at >= x.exposed_at AND v.occurred_at < (strftime('%Y-%m-%d %H:%M:%S', x.exposed_at, '+604800 seconds') || substr(x.exposed_at, 20)) THEN 1 ELSE 0 END) AS y0,
         MAX(CASE WHEN v.metric = :e0 AND v.occurred_at < x.exposed_at AND v.occurred_at >= (strftime('%Y-%m-%d %H:%M:%S', x.exposed_at, '-1209600 seconds') || substr(x.exposed_at, 20)) THEN 1 ELSE 0 END) AS x0,
         SUM(CASE WHEN v.metric = :e1 AND v.occurred_at >= x.exposed_at THEN v.value ELSE 0 END) AS y1,
@@ -23,7 +22,7 @@ unit_values AS (
     FROM exposed AS x
     LEFT JOIN events AS v
         ON v.unit_id = x.unit_id AND v.metric IN (:e0, :e1, :e2)
-    GROUP BY x.arm_key, x.unit_id
+    GROUP BY x.unit_id
 )
 SELECT
     arm_key,

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection, TextClause, bindparam, text
 
 from abkit.core.metrics import Metric, MetricKind
 from abkit.core.stats import ArmSummary, RatioSummary
@@ -28,7 +28,8 @@ from abkit.ports import DailySummaries, Summary
 from abkit.store.schema import UTCDateTime
 
 ANALYSIS_WORK_MEM = "256MB"
-"""PostgreSQL ``work_mem`` for the analysis query (about 180 bytes per exposed unit)."""
+"""PostgreSQL ``work_mem`` for the analysis transaction: the per-arm aggregate, and the sorts the
+merge join needs if the unit-first events index (migration 0005) is missing."""
 
 
 def _plus(column: str, seconds: int, dialect: str) -> str:
@@ -114,8 +115,10 @@ def summary_sql(metrics: Sequence[Metric], dialect: str, *, as_of: bool = False)
     in_list = ", ".join(f":{p}" for p in events.values())
     unit_select = ",\n        ".join(unit_columns)
     arm_select = ",\n    ".join(arm_columns)
-    # Built only from validated metric definitions (integers, bind-parameter names); every value
-    # a user supplies is a bind parameter.
+    # Grouped by the unit alone (a unit has one arm: MIN picks it), so on PostgreSQL the merge of
+    # exposures and events, both in unit order, feeds the per-unit aggregate with no sort and no
+    # hash table (see SqlAnalysis.summaries). Built only from validated metric definitions
+    # (integers, bind-parameter names); every value a user supplies is a bind parameter.
     return f"""WITH exposed AS (
     SELECT arm_key, unit_id, exposed_at
     FROM exposures
@@ -123,13 +126,12 @@ def summary_sql(metrics: Sequence[Metric], dialect: str, *, as_of: bool = False)
 ),
 unit_values AS (
     SELECT
-        x.arm_key,
-        x.unit_id,
+        MIN(x.arm_key) AS arm_key,
         {unit_select}
     FROM exposed AS x
     LEFT JOIN events AS v
         ON v.unit_id = x.unit_id AND v.metric IN ({in_list}){cutoff_event}
-    GROUP BY x.arm_key, x.unit_id
+    GROUP BY x.unit_id
 )
 SELECT
     arm_key,
@@ -259,22 +261,42 @@ class SqlAnalysis:
         """``{metric name: {arm key: summary}}``; arms without exposures are absent."""
         if not metrics:
             return {}
-        dialect = self._conn.dialect.name
-        params = _params(experiment_key, metrics)
-        query = text(summary_sql(metrics, dialect, as_of=as_of is not None))
-        if dialect == "postgresql":
-            # One hash aggregate over every exposed unit: with PostgreSQL's default 4 MB the
-            # planner sorts instead, about twice as slow at a million units. Transaction-local.
-            self._conn.execute(text(f"SET LOCAL work_mem = '{ANALYSIS_WORK_MEM}'"))
-        if as_of is not None:
-            params["as_of"] = as_of
-            query = query.bindparams(bindparam("as_of", type_=UTCDateTime()))
+        query, params = self._prepare(experiment_key, metrics, as_of)
         rows = self._conn.execute(query, params).mappings()
         out: dict[str, dict[str, Summary]] = {m.name: {} for m in metrics}
         for row in rows:
             for i, metric in enumerate(metrics):
                 out[metric.name][row["arm_key"]] = _summary_from_row(row, i, metric)
         return out
+
+    def plan(self, experiment_key: str, metrics: Sequence[Metric]) -> str:
+        """PostgreSQL's plan for :meth:`summaries`, as ``EXPLAIN`` prints it (not executed)."""
+        if self._conn.dialect.name != "postgresql":
+            raise ValueError("plan() explains PostgreSQL's plan only")
+        query, params = self._prepare(experiment_key, metrics, None)
+        explain = text("EXPLAIN " + query.text)
+        return "\n".join(row[0] for row in self._conn.execute(explain, params))
+
+    def _prepare(
+        self, experiment_key: str, metrics: Sequence[Metric], as_of: datetime | None
+    ) -> tuple[TextClause, dict[str, Any]]:
+        dialect = self._conn.dialect.name
+        params = _params(experiment_key, metrics)
+        query = text(summary_sql(metrics, dialect, as_of=as_of is not None))
+        if dialect == "postgresql":
+            # Stream, don't hash. The exposures' primary key and the events' unit-first covering
+            # index (migration 0005) both yield rows in unit order, so a merge join feeds the
+            # per-unit aggregate directly: constant memory and time linear in the rows. Left to
+            # itself the planner prefers hashing every exposed unit, which is twice as slow at
+            # 1 M units and spills to disk once the tables outgrow work_mem (BENCHMARKS.md).
+            # work_mem still serves the small per-arm aggregate and any sort the merge needs
+            # when the index is missing. Both settings are transaction-local.
+            self._conn.execute(text(f"SET LOCAL work_mem = '{ANALYSIS_WORK_MEM}'"))
+            self._conn.execute(text("SET LOCAL enable_hashjoin = off"))
+        if as_of is not None:
+            params["as_of"] = as_of
+            query = query.bindparams(bindparam("as_of", type_=UTCDateTime()))
+        return query, params
 
     def daily(self, experiment_key: str, metric: Metric) -> builtins.list[DailySummaries]:
         dialect = self._conn.dialect.name

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
     TypeDecorator,
@@ -174,6 +175,14 @@ class ExposureRow(Base):
     trace_id: Mapped[str] = mapped_column(String(TRACE_ID), default="")
     span_id: Mapped[str] = mapped_column(String(SPAN_ID), default="")
 
+    # On PostgreSQL the primary key carries what the analysis reads (migration 0005), so an
+    # experiment's exposures come in unit order from the index alone.
+    __table_args__ = (
+        PrimaryKeyConstraint(
+            "experiment_key", "unit_id", postgresql_include=["arm_key", "exposed_at"]
+        ),
+    )
+
 
 class EventRow(Base):
     """A business KPI event. ``event_id`` makes writes idempotent (retries, spool replays)."""
@@ -191,7 +200,17 @@ class EventRow(Base):
     trace_id: Mapped[str] = mapped_column(String(TRACE_ID), default="")
     span_id: Mapped[str] = mapped_column(String(SPAN_ID), default="")
 
-    __table_args__ = (Index("ix_events_metric_unit_time", "metric", "unit_id", "occurred_at"),)
+    # Led by the unit and covering the analysis query on PostgreSQL (migration 0005): the events
+    # come in unit order from the index alone and merge with the exposures' primary key.
+    __table_args__ = (
+        Index(
+            "ix_events_unit_metric_time",
+            "unit_id",
+            "metric",
+            "occurred_at",
+            postgresql_include=["value"],
+        ),
+    )
 
 
 class DecisionRow(Base):

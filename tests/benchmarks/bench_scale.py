@@ -25,9 +25,9 @@ import sys
 import time
 
 import sqlalchemy as sa
-from common import BARE, METRICS, grow, scratch_database
+from common import METRICS, grow, run_bare, scratch_database
 
-from abkit.store.analysis import ANALYSIS_WORK_MEM, SqlAnalysis
+from abkit.store.analysis import SqlAnalysis
 from abkit.store.engine import create_store_engine
 
 POLICY = {
@@ -58,26 +58,35 @@ print(json.dumps({"seconds": elapsed, "peak_rss_mb": peak / 1024, "action": acti
 """
 
 
-def timed(engine: sa.Engine, repeats: int) -> dict[str, float]:
-    ours, bare = [], []
+def timed(engine: sa.Engine, repeats: int) -> dict[str, object]:
+    ours: list[float] = []
+    bare: list[float] = []
+    streamed: list[float] = []
     with engine.connect() as conn:
         analysis = SqlAnalysis(conn)
-        for _ in range(repeats):
+        plan = analysis.plan("bench", METRICS)
+        conn.commit()
+        for _ in range(repeats):  # interleaved, so drift hits all alike
             started = time.perf_counter()
             analysis.summaries("bench", METRICS)
             conn.commit()
             ours.append(time.perf_counter() - started)
             started = time.perf_counter()
-            conn.execute(sa.text(f"SET LOCAL work_mem = '{ANALYSIS_WORK_MEM}'"))
-            conn.execute(sa.text(BARE)).all()
-            conn.commit()
+            run_bare(conn, streamed=False)
             bare.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            run_bare(conn, streamed=True)
+            streamed.append(time.perf_counter() - started)
+    baseline = min(statistics.median(bare), statistics.median(streamed))
     return {
         "query_s": statistics.median(ours),
         "bare_s": statistics.median(bare),
-        "ratio": statistics.median(ours) / statistics.median(bare),
+        "bare_streamed_s": statistics.median(streamed),
+        "ratio": statistics.median(ours) / baseline,
         "raw_query_s": ours,
         "raw_bare_s": bare,
+        "raw_bare_streamed_s": streamed,
+        "plan": plan,
     }
 
 
@@ -104,7 +113,8 @@ def main() -> None:
                 "large_units": args.large,
                 "small": small,
                 "large": large,
-                "growth_query": large["query_s"] / small["query_s"],
+                "growth_query": large["query_s"] / small["query_s"],  # type: ignore[operator]
+                "growth_bare": large["bare_s"] / small["bare_s"],  # type: ignore[operator]
                 "growth_rows": args.large / args.small,
             }
         )
@@ -133,11 +143,13 @@ def main() -> None:
         )
         result["worker_look"] = json.loads(look.stdout.strip().splitlines()[-1])
         print(json.dumps(result))
+        print(f"plan at {args.large:,} units:\n{large['plan']}")
         print(
             f"{args.small:,} units: query {small['query_s']:.1f} s, ratio {small['ratio']:.2f}; "
             f"{args.large:,} units: query {large['query_s']:.1f} s, ratio {large['ratio']:.2f} "
             "(goal <= 1.5); "
             f"growth {result['growth_query']:.1f}x for {result['growth_rows']:.0f}x the rows "
+            f"(bare GROUP BY {result['growth_bare']:.1f}x) "
             f"(goal: at most {result['growth_rows']:.0f}x, linear); "
             f"worker look at {args.large:,}: {result['worker_look']['seconds']:.1f} s, "
             f"peak RSS {result['worker_look']['peak_rss_mb']:.0f} MB"

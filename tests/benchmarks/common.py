@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from abkit.core.metrics import Metric
 from abkit.store import migrate
+from abkit.store.analysis import ANALYSIS_WORK_MEM
 from abkit.store.engine import create_store_engine
 
 ADMIN_URL = os.environ.get(
@@ -40,6 +41,17 @@ SELECT arm_key, COUNT(*), SUM(y), SUM(y * y) FROM (
 ) AS per_unit
 GROUP BY arm_key
 """
+
+
+def run_bare(conn: sa.Connection, *, streamed: bool) -> None:
+    """The baseline, in a transaction of its own: with PostgreSQL's own choice of plan, or
+    (``streamed``) under the planner settings abkit's analysis transaction uses (no hash join).
+    Both get abkit's ``work_mem``; the goal's ratio is taken against the faster of the two."""
+    conn.execute(sa.text(f"SET LOCAL work_mem = '{ANALYSIS_WORK_MEM}'"))
+    if streamed:
+        conn.execute(sa.text("SET LOCAL enable_hashjoin = off"))
+    conn.execute(sa.text(BARE)).all()
+    conn.commit()
 
 
 @contextmanager

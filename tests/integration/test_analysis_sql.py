@@ -171,3 +171,49 @@ def test_backends_agree_with_the_plain_python_reading(store: Store, seed: int) -
         assert got[name].keys() == want[name].keys() == {"control", "treatment", "treatment-b"}
         assert all(_close(got[name][a], want[name][a]) for a in want[name]), name
         assert all(_close(got_cut[name][a], want_cut[name][a]) for a in want_cut[name]), name
+
+
+def test_postgresql_streams_the_analysis_in_unit_order(pg_url: str) -> None:
+    """The plan that keeps a look linear in the rows (migration 0005): exposures and events, each
+    read in unit order from a covering index alone, merged into a per-unit aggregate
+    that needs no hash table of units and no sort -- nothing that grows with the experiment
+    and spills once it outgrows work_mem."""
+    import sqlalchemy as sa
+
+    from abkit.store.analysis import SqlAnalysis
+    from abkit.store.engine import create_store_engine
+
+    engine = create_store_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO exposures (experiment_key, unit_id, arm_key, model_version, "
+                    "config_checksum, exposed_at, trace_id, span_id) SELECT 'exp', 'u' || g, "
+                    "CASE WHEN g % 2 = 0 THEN 'control' ELSE 'treatment' END, 'm', "
+                    "'cccccccccccccccc', now(), '', '' FROM generate_series(1, 20000) AS g"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO events (event_id, unit_id, metric, value, occurred_at, trace_id, "
+                    "span_id) "
+                    "SELECT 'e' || g, 'u' || (g % 20000), "
+                    "CASE WHEN g % 3 = 0 THEN 'conversion' ELSE 'revenue' END, 1, now(), '', '' "
+                    "FROM generate_series(1, 100000) AS g"
+                )
+            )
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("VACUUM ANALYZE exposures, events"))
+        with engine.begin() as conn:
+            plan = SqlAnalysis(conn).plan("exp", [METRICS[0], METRICS[2]])
+    finally:
+        engine.dispose()
+    assert "Merge Left Join" in plan, plan
+    assert "Index Only Scan using pk_exposures on exposures" in plan, plan
+    assert "Index Only Scan using ix_events_unit_metric_time on events" in plan, plan
+    assert "GroupAggregate" in plan, plan
+    # Hashing or sorting happens only at the per-arm level (a handful of groups), after the
+    # per-unit aggregate: nothing under it builds a hash or sorts.
+    per_unit = plan[plan.index("GroupAggregate") :]
+    assert "Hash" not in per_unit and "Sort" not in per_unit, plan
