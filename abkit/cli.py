@@ -10,17 +10,19 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from abkit import __version__
-from abkit.config import Settings
+from abkit.config import MAX_GRPC_PROCESSES, Settings
 from abkit.core.spec import experiment_to_dict
 from abkit.errors import (
     AbkitError,
@@ -60,8 +62,9 @@ def _errors() -> Iterator[None]:
 class Context:
     """Lazily built pieces shared by the subcommands."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, verbose: bool = False) -> None:
         self.settings = settings
+        self.verbose = verbose
 
     def runtime(self) -> Any:
         from abkit.runtime import Runtime
@@ -91,7 +94,7 @@ def main(click_ctx: click.Context, database_url: str | None, verbose: bool) -> N
         settings = Settings.from_env()
         if database_url:
             settings = Settings(**{**_asdict(settings), "database_url": database_url})
-    click_ctx.obj = Context(settings)
+    click_ctx.obj = Context(settings, verbose=verbose)
 
 
 def _asdict(settings: Settings) -> dict[str, Any]:
@@ -337,13 +340,24 @@ def _run_grpc(
     *,
     with_worker: bool = False,
     web_address: str | None = None,
+    process: tuple[int, int] = (0, 1),
 ) -> None:
+    """Serve until SIGTERM/SIGINT; ``process`` = (index, count) of ``abkit grpc --processes``."""
     from abkit import telemetry
     from abkit.metrics import WorkerMetrics
     from abkit.rpc import build_server
+    from abkit.rpc.processes import adopt_orphan_spools, process_spool, watch_supervisor
     from abkit.worker import Worker
 
+    index, count = process
+    if count > 1:
+        watch_supervisor(os.getppid())
     with _errors():
+        root = ctx.settings.spool_path
+        if root is not None:
+            if index == 0:
+                adopt_orphan_spools(root, count)
+            ctx.settings = replace(ctx.settings, spool_dir=process_spool(root, index))
         tel = telemetry.configure(ctx.settings, "abkit" if with_worker else "abkit-grpc")
         runtime = ctx.runtime()
         # Bound (not started) before any thread runs: a busy port fails fast, cleanly.
@@ -354,7 +368,7 @@ def _run_grpc(
                 "experiment config not loaded yet (%s); retrying in the background",
                 runtime.config.last_error,
             )
-        server = build_server(ctx.settings, runtime, tel, address=address)
+        server = build_server(ctx.settings, runtime, tel, address=address, reuse_port=count > 1)
         server.start()
         worker = None
         if with_worker:
@@ -443,10 +457,64 @@ def worker_command(ctx: Context) -> None:
 
 @main.command("grpc")
 @click.option("--address", help="host:port to listen on (overrides ABKIT_GRPC_ADDRESS).")
+@click.option(
+    "--processes",
+    type=int,
+    help="Server processes sharing the port, one per core (overrides ABKIT_GRPC_PROCESSES).",
+)
+@click.option("--process-index", hidden=True, help="I/N: run as process I of N (internal).")
 @pass_ctx
-def grpc_command(ctx: Context, address: str | None) -> None:
-    """Run the gRPC assignment service (stops gracefully on SIGTERM/SIGINT)."""
-    _run_grpc(ctx, address)
+def grpc_command(
+    ctx: Context, address: str | None, processes: int | None, process_index: str | None
+) -> None:
+    """Run the gRPC assignment service (stops gracefully on SIGTERM/SIGINT).
+
+    With --processes N (Linux), N server processes share the port; this process supervises them.
+    """
+    with _errors():
+        if processes is not None:
+            if not 1 <= processes <= MAX_GRPC_PROCESSES:
+                raise ValidationError(
+                    "--processes", f"must be between 1 and {MAX_GRPC_PROCESSES}, got {processes}"
+                )
+            ctx.settings = replace(ctx.settings, grpc_processes=processes)
+        if process_index is not None:
+            index, _, count = process_index.partition("/")
+            if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+                raise ValidationError("--process-index", f"expected I/N, got {process_index!r}")
+            _run_grpc(ctx, address, process=(int(index), int(count)))
+            return
+        if ctx.settings.grpc_processes == 1:
+            _run_grpc(ctx, address)
+            return
+        if ctx.settings.metrics_port:
+            raise ValidationError(
+                "ABKIT_METRICS_PORT",
+                "a Prometheus endpoint serves one process; with ABKIT_GRPC_PROCESSES > 1 export "
+                "metrics over OTLP (OTEL_METRICS_EXPORTER=otlp): each process reports as its own "
+                "service.instance.id",
+            )
+    _supervise(ctx, address or ctx.settings.grpc_address)
+
+
+def _supervise(ctx: Context, address: str) -> None:
+    from abkit.rpc.processes import Supervisor, child_environment
+
+    count = ctx.settings.grpc_processes
+    try:
+        supervisor = Supervisor(
+            count, address, env=child_environment(ctx.settings.database_url), verbose=ctx.verbose
+        )
+    except OSError as exc:
+        _fail(AbkitError(str(exc)))
+    try:
+        supervisor.start()
+    except RuntimeError as exc:
+        _fail(AbkitError(str(exc)))
+    click.echo(
+        f"abkit gRPC listening on {supervisor.address} (port {supervisor.port}, {count} processes)"
+    )
+    sys.exit(supervisor.wait())
 
 
 @main.command("serve")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from abkit.errors import ValidationError
 
 DEFAULT_DATABASE_URL = "sqlite:///abkit.db"
+MAX_GRPC_PROCESSES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,12 @@ class Settings:
     web_token: str = ""
     """Token for reading the results pages and API (bearer or login form); empty: open."""
     grpc_workers: int = 16
-    """Thread pool size of the gRPC server."""
+    """Thread pool size of the gRPC server (per process)."""
+    grpc_processes: int = 1
+    """Processes of ``abkit grpc`` sharing its port (``SO_REUSEPORT``, Linux): one Python process
+    serves about one core's worth of RPCs, so set it to the cores the server may use. Each
+    process has its own writers and spool (``<spool>/process-<i>``); ``abkit grpc`` supervises
+    them and stops them all when one dies."""
     grpc_grace_seconds: float = 10.0
     """On shutdown, in-flight RPCs get this long to finish."""
     config_refresh_seconds: float = 2.0
@@ -112,9 +118,19 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
-        for name in ("grpc_workers", "writer_batch_size", "writer_queue_size", "spool_max_mb"):
+        for name in (
+            "grpc_workers",
+            "grpc_processes",
+            "writer_batch_size",
+            "writer_queue_size",
+            "spool_max_mb",
+        ):
             if getattr(self, name) < 1:
                 raise ValidationError(f"ABKIT_{name.upper()}", "must be at least 1")
+        if self.grpc_processes > MAX_GRPC_PROCESSES:
+            raise ValidationError(
+                "ABKIT_GRPC_PROCESSES", f"must be at most {MAX_GRPC_PROCESSES} (one per core)"
+            )
         for name in (
             "grpc_grace_seconds",
             "config_refresh_seconds",

@@ -21,7 +21,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -156,3 +157,39 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def adopt(target: str | Path, orphan: str | Path) -> int:
+    """Move the segments of the spool ``orphan`` (left by a process that is gone) to the end of
+    the spool ``target``, oldest first; the number of segments moved.
+
+    Used when fewer server processes start than last time: process ``i`` spools under its own
+    directory, and a directory no process of this generation will open would otherwise never be
+    replayed. Both spools must be unused -- call before opening ``target``. Raises
+    :class:`SpoolInUse` if either is held by a live process (then nothing moves). Records keep
+    their order within the orphan; order across the two spools never mattered (each process's
+    records are independent, and the store's inserts are idempotent).
+    """
+    target, orphan = Path(target), Path(orphan)
+    target.mkdir(parents=True, exist_ok=True)
+    with _locked(target), _locked(orphan):
+        moving = sorted(orphan.glob(f"*{SUFFIX}"))
+        present = sorted(target.glob(f"*{SUFFIX}"))
+        number = int(present[-1].stem) if present else 0
+        for path in moving:
+            number += 1
+            path.rename(target / f"{number:08d}{SUFFIX}")
+        if moving:
+            _fsync_directory(target)
+            _fsync_directory(orphan)
+    return len(moving)
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    with open(directory / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SpoolInUse(f"the spool {directory} is used by another abkit process") from None
+        yield

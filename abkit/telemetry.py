@@ -12,6 +12,7 @@ by the CLI -- also installs the provider globally, for libraries that look it up
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 from opentelemetry import metrics, trace
@@ -120,6 +121,10 @@ def build(settings: Settings, service_name: str = "abkit") -> Telemetry:
     """Providers and exporters from the settings, not installed globally."""
     name = settings.otel_service_name or service_name
     resource = Resource.create({"service.name": name, "service.version": __version__})
+    if "service.instance.id" not in resource.attributes:
+        # Telemetry from several processes of one service (abkit grpc --processes N, replicas)
+        # must not merge into one series: each process is an instance of its own.
+        resource = resource.merge(Resource({"service.instance.id": str(uuid.uuid4())}))
     exporters = [
         e
         for e in (_exporter(n.strip() or "none") for n in settings.otel_traces_exporter.split(","))

@@ -115,9 +115,19 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 def build_server(
-    settings: Settings, runtime: Runtime, telemetry: Telemetry, *, address: str | None = None
+    settings: Settings,
+    runtime: Runtime,
+    telemetry: Telemetry,
+    *,
+    address: str | None = None,
+    reuse_port: bool = False,
 ) -> GrpcServer:
-    """Build (not start) the server. ``address="127.0.0.1:0"`` picks a free port (tests)."""
+    """Build (not start) the server. ``address="127.0.0.1:0"`` picks a free port (tests).
+
+    ``reuse_port`` lets the processes of ``abkit grpc --processes N`` share the port. Otherwise
+    it is off (grpcio turns it on by default on Linux): a second server on a busy port must
+    fail, not quietly take half of another server's connections.
+    """
     meter = telemetry.meter()
     rpc_metrics = RpcMetrics(meter) if telemetry.records_metrics else None
     observe_runtime(meter, runtime)
@@ -131,7 +141,7 @@ def build_server(
             max_workers=settings.grpc_workers, thread_name_prefix="abkit-grpc"
         ),
         interceptors=interceptors,
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
     )
     add_to_server(
         AssignmentServicer(

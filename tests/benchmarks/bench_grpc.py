@@ -19,6 +19,10 @@ Each load runs against each server, interleaved, in the same run:
 * ``abkit loadtest`` (Python asyncio): a new unit on every call, so every Assign writes an
   exposure row -- the writer and PostgreSQL under load, in the same process.
 
+``AssignBatch`` is also measured with ``--processes N`` (default: the machine's cores): N abkit
+server processes sharing the port, against N empty-handler processes sharing a port the same way,
+both with 16 h2load connections so the kernel spreads them over the processes.
+
 Goals (issue #8): Assign >= 0.8x the baseline's throughput; AssignBatch (100 units a call)
 >= 150,000 assignments/s with logging on; p99 latency reported at half the maximum load.
 
@@ -42,6 +46,7 @@ from pathlib import Path
 from common import scratch_database
 
 from abkit.loadtest import run_load
+from abkit.rpc.processes import reserve_port
 from abkit.v1 import assignment_pb2 as pb
 
 ROOT = Path(__file__).parents[2]
@@ -99,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         raise SystemExit("h2load is missing: apt-get install nghttp2-client")
@@ -144,6 +150,23 @@ def run(
     )
     base_proc, base_port = start([sys.executable, "-m", "abkit.loadtest", "127.0.0.1:0"], env)
     servers += [abkit_proc, traced_proc, base_proc]
+    # The same two servers with one process per core (--processes), the port shared with
+    # SO_REUSEPORT: the baseline's processes bind one reserved port the same way.
+    multi_proc, multi_port = start(
+        [
+            sys.executable, "-m", "abkit", "grpc", "--address", "127.0.0.1:0",
+            "--processes", str(args.processes),
+        ],
+        {**env, "ABKIT_SPOOL_DIR": str(work / "spool-3")},
+    )  # fmt: skip
+    servers.append(multi_proc)
+    reserved = reserve_port("127.0.0.1", 0)
+    multi_base_port = reserved.getsockname()[1]
+    for _ in range(args.processes):
+        proc, _ = start(
+            [sys.executable, "-m", "abkit.loadtest", f"127.0.0.1:{multi_base_port}"], env
+        )
+        servers.append(proc)
     single = work / "assign.bin"
     single.write_bytes(frame(pb.AssignRequest(unit_id="user-12345", experiment_keys=["bench"])))
     batch = work / "batch.bin"
@@ -167,6 +190,8 @@ def run(
             "h2_batch_base",
             "py_assign",
             "py_assign_base",
+            "h2_batch_multi",
+            "h2_batch_multi_base",
         )
     }
     for _ in range(args.rounds):  # interleaved rounds: drift hits both servers alike
@@ -176,6 +201,13 @@ def run(
         rows["h2_batch"].append(h2load(abkit_port, "AssignBatch", batch, args.seconds)["rps"] * 100)
         rows["h2_batch_base"].append(
             h2load(base_port, "AssignBatch", batch, args.seconds)["rps"] * 100
+        )
+        # More connections, so the kernel's hash spreads them over the processes evenly.
+        rows["h2_batch_multi"].append(
+            h2load(multi_port, "AssignBatch", batch, args.seconds, clients=16)["rps"] * 100
+        )
+        rows["h2_batch_multi_base"].append(
+            h2load(multi_base_port, "AssignBatch", batch, args.seconds, clients=16)["rps"] * 100
         )
         rows["py_assign"].append(
             run_load(
@@ -206,6 +238,9 @@ def run(
         ),
         "h2load_batch_assignments_per_s": round(medians["h2_batch"]),
         "h2load_baseline_batch_units_per_s": round(medians["h2_batch_base"]),
+        "processes": args.processes,
+        "h2load_batch_multi_assignments_per_s": round(medians["h2_batch_multi"]),
+        "h2load_baseline_batch_multi_units_per_s": round(medians["h2_batch_multi_base"]),
         "python_client_assign_rps": round(medians["py_assign"]),
         "python_client_baseline_rps": round(medians["py_assign_base"]),
         "python_client_assign_ratio": round(medians["py_assign"] / medians["py_assign_base"], 3),
@@ -224,7 +259,10 @@ def run(
         f"{r['h2load_baseline_assign_rps']:,} -> {r['h2load_assign_ratio']} (goal >= 0.8), "
         f"with spans recorded {r['h2load_assign_spans_recorded_ratio']}; "
         f"AssignBatch: {r['h2load_batch_assignments_per_s']:,} assignments/s "
-        f"(goal >= 150,000; empty handler {r['h2load_baseline_batch_units_per_s']:,}); "
+        f"(goal >= 150,000; empty handler {r['h2load_baseline_batch_units_per_s']:,}), "
+        f"with --processes {r['processes']}: {r['h2load_batch_multi_assignments_per_s']:,} "
+        f"(empty handler, {r['processes']} processes: "
+        f"{r['h2load_baseline_batch_multi_units_per_s']:,}); "
         f"Python client (a new unit every call) ratio {r['python_client_assign_ratio']}; "
         f"at half load "
         f"({r['half_load_rps']:,} req/s) p99 {r['half_load_p99_ms']} ms; "

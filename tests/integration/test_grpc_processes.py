@@ -1,0 +1,254 @@
+"""``abkit grpc --processes N``: N real server processes on one port, one supervisor.
+
+Everything here runs the real command as a subprocess against the test PostgreSQL database and
+talks to it over real gRPC channels.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+
+from abkit.clock import SystemClock
+from abkit.core.assignment import Exposure
+from abkit.core.spec import experiment_from_dict
+from abkit.rpc.processes import adopt_orphan_spools, process_spool
+from abkit.runtime import _decode_exposure, _encode
+from abkit.services import ExperimentService
+from abkit.spool import Spool
+from abkit.store.sql import SqlStore
+from abkit.v1 import assignment_pb2 as pb
+from abkit.v1 import assignment_pb2_grpc as pb_grpc
+from tests.helpers import EXPERIMENT
+
+ROOT = Path(__file__).parents[2]
+
+
+def _start(
+    url: str, spool: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "abkit", "grpc", "--address", "127.0.0.1:0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "ABKIT_DATABASE_URL": url,
+            "ABKIT_SPOOL_DIR": str(spool),
+            **(env or {}),
+        },
+    )
+
+
+def _port(proc: subprocess.Popen[str]) -> int:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "listening" in line, proc.communicate(timeout=30)
+    return int(line.split("(port ", 1)[1].split(",")[0].rstrip(")\n"))
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _established(pid: int, port: int) -> int:
+    """Connections to ``port`` that process ``pid`` has accepted (from /proc, no tools)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01" and fields[9] in inodes:
+                count += 1
+    return count
+
+
+@pytest.fixture
+def experiment(pg_url: str) -> str:
+    store = SqlStore.from_url(pg_url)
+    ExperimentService(store, SystemClock()).apply(
+        experiment_from_dict(EXPERIMENT), actor="t", start=True
+    )
+    store.close()
+    return pg_url
+
+
+def test_processes_share_the_port_and_stop_together(experiment: str, tmp_path: Path) -> None:
+    proc = _start(experiment, tmp_path / "spool", "--processes", "2")
+    port = _port(proc)
+    children = _children(proc.pid)
+    assert len(children) == 2
+    # Separate connections (no shared subchannel pool), so the kernel can spread them.
+    channels = [
+        grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(16)
+    ]
+    units = []
+    try:
+        for n, channel in enumerate(channels):
+            stub = pb_grpc.AssignmentServiceStub(channel)
+            batch = [f"mp-{n}-{i}" for i in range(25)]
+            reply = stub.AssignBatch(
+                pb.AssignBatchRequest(requests=[pb.AssignRequest(unit_id=u) for u in batch]),
+                timeout=10,
+                wait_for_ready=True,
+            )
+            assert all(r.assignments[0].in_experiment for r in reply.responses)
+            units += batch
+        # Both processes hold accepted connections: each serves part of the load (16
+        # connections all hashed to one process: probability 2**-15).
+        per_process = [_established(child, port) for child in children]
+        assert sum(per_process) == 16 and min(per_process) >= 1, per_process
+    finally:
+        for channel in channels:
+            channel.close()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert not any(Path(f"/proc/{child}").exists() for child in children)
+    store = SqlStore.from_url(experiment)
+    with store.transaction() as tx:
+        missing = [u for u in units if tx.exposures.get("ranker-v2", u) is None]
+    store.close()
+    assert missing == []  # each process's writer flushed on the way out
+
+
+def test_a_process_that_dies_stops_the_server(experiment: str, tmp_path: Path) -> None:
+    proc = _start(experiment, tmp_path / "spool", "--processes", "2")
+    _port(proc)
+    first, second = _children(proc.pid)
+    os.kill(second, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "gRPC process 1" in err and "stopping the others" in err
+    assert not Path(f"/proc/{first}").exists()
+
+
+def test_processes_stop_when_the_supervisor_is_killed(experiment: str, tmp_path: Path) -> None:
+    proc = _start(experiment, tmp_path / "spool", "--processes", "2")
+    _port(proc)
+    children = _children(proc.pid)
+    proc.kill()  # SIGKILL: nothing is relayed
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(child) for child in children):
+        time.sleep(0.1)
+    assert not any(_alive(child) for child in children)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for the (dead) supervisor's reaper."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--processes", "0"], {}, "--processes"),
+        (["--processes", "65"], {}, "--processes"),
+        ([], {"ABKIT_GRPC_PROCESSES": "two"}, "ABKIT_GRPC_PROCESSES"),
+        ([], {"ABKIT_GRPC_PROCESSES": "0"}, "ABKIT_GRPC_PROCESSES"),
+        (["--processes", "2"], {"ABKIT_METRICS_PORT": "9464"}, "ABKIT_METRICS_PORT"),
+    ],
+)
+def test_bad_process_settings_are_refused_by_name(
+    experiment: str, tmp_path: Path, args: list[str], env: dict[str, str], named: str
+) -> None:
+    proc = _start(experiment, tmp_path / "spool", *args, env=env)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, (out, err)
+    assert named in err and "listening" not in out
+
+
+def _exposure(unit: str) -> Exposure:
+    return Exposure("ranker-v2", unit, "control", "ranker:1", "c" * 16, datetime.now(UTC))
+
+
+def _spool(path: Path) -> Spool[Exposure]:
+    return Spool(path, encode=_encode, decode=_decode_exposure)
+
+
+def _records(path: Path) -> list[str]:
+    spool = _spool(path)
+    try:
+        units = []
+        while (oldest := spool.oldest()) is not None:
+            segment, batches = oldest
+            units += [e.unit_id for batch in batches for e in batch]
+            spool.remove(segment)
+        return units
+    finally:
+        spool.close()
+
+
+def test_spools_of_processes_that_no_longer_exist_are_adopted_in_order(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    assert process_spool(str(root), 0) == str(root)
+    own = _spool(root / "exposures")
+    own.append([_exposure("own-1")])
+    own.close()
+    for index in (1, 2, 3):
+        orphan = _spool(Path(process_spool(str(root), index)) / "exposures")
+        orphan.append([_exposure(f"p{index}-a"), _exposure(f"p{index}-b")])
+        orphan.append([_exposure(f"p{index}-c")])
+        orphan.close()
+    live = _spool(root / "process-3" / "exposures")  # a live process still holds index 3
+    try:
+        moved = adopt_orphan_spools(str(root), 2)  # now 2 processes: index 1 is still in use
+    finally:
+        live.close()
+    assert moved == 1  # process-2's one segment; process-1 is a current index, 3 is held
+    assert _records(root / "exposures") == ["own-1", "p2-a", "p2-b", "p2-c"]
+    assert _records(root / "process-1" / "exposures") == ["p1-a", "p1-b", "p1-c"]
+    assert _records(root / "process-3" / "exposures") == ["p3-a", "p3-b", "p3-c"]
+
+
+def test_a_single_process_server_replays_what_process_1_left(
+    experiment: str, tmp_path: Path
+) -> None:
+    root = tmp_path / "spool"
+    left = _spool(root / "process-1" / "exposures")
+    left.append([_exposure("left-behind-1"), _exposure("left-behind-2")])
+    left.close()
+    proc = _start(experiment, root, env={"ABKIT_WRITER_FLUSH_SECONDS": "0.05"})
+    _port(proc)
+    store = SqlStore.from_url(experiment)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with store.transaction() as tx:
+                if all(
+                    tx.exposures.get("ranker-v2", u) for u in ("left-behind-1", "left-behind-2")
+                ):
+                    break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the orphaned spool was not replayed")
+    finally:
+        store.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert list((root / "process-1" / "exposures").glob("*.spool")) == []
