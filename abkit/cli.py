@@ -498,7 +498,7 @@ def grpc_command(
 
 
 def _supervise(ctx: Context, address: str) -> None:
-    from abkit.rpc.processes import Supervisor, child_environment
+    from abkit.rpc.processes import StartupFailed, Supervisor, child_environment
 
     count = ctx.settings.grpc_processes
     try:
@@ -509,8 +509,9 @@ def _supervise(ctx: Context, address: str) -> None:
         _fail(AbkitError(str(exc)))
     try:
         supervisor.start()
-    except RuntimeError as exc:
-        _fail(AbkitError(str(exc)))
+    except StartupFailed as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.code)
     click.echo(
         f"abkit gRPC listening on {supervisor.address} (port {supervisor.port}, {count} processes)"
     )

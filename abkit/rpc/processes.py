@@ -99,6 +99,15 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+class StartupFailed(RuntimeError):
+    """A server process exited or hung before listening; ``code`` is its exit code (or 1), so a
+    configuration error keeps its exit code (2) through the supervisor."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code if code > 0 else 1
+
+
 class Supervisor:
     """Starts ``count`` copies of ``abkit grpc`` on one port and watches them."""
 
@@ -156,11 +165,14 @@ class Supervisor:
         for index, proc in enumerate(self.processes):
             line = _first_line(proc, deadline)
             if line is None:
+                code = proc.poll()  # before stop(), which ends them all
                 self.stop()
-                raise RuntimeError(
-                    f"gRPC process {index} exited with code {proc.returncode} before listening"
-                    if proc.poll() is not None
-                    else f"gRPC process {index} did not listen within {STARTUP_TIMEOUT_SECONDS:g} s"
+                if code is not None:
+                    raise StartupFailed(
+                        f"gRPC process {index} exited with code {code} before listening", code
+                    )
+                raise StartupFailed(
+                    f"gRPC process {index} did not listen within {STARTUP_TIMEOUT_SECONDS:g} s", 1
                 )
             threading.Thread(target=_relay, args=(proc, self._out), daemon=True).start()
 

@@ -182,6 +182,23 @@ def test_bad_process_settings_are_refused_by_name(
     assert named in err and "listening" not in out
 
 
+def test_a_process_that_fails_to_start_fails_the_server_with_its_exit_code(
+    experiment: str, tmp_path: Path
+) -> None:
+    # The supervisor does not read the certificate; each process does, and refuses to start.
+    missing = str(tmp_path / "missing.pem")
+    proc = _start(
+        experiment,
+        tmp_path / "spool",
+        "--processes",
+        "2",
+        env={"ABKIT_TLS_CERT": missing, "ABKIT_TLS_KEY": missing},
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, (out, err)  # a configuration error, as without --processes
+    assert "ABKIT_TLS_CERT" in err and "before listening" in err and "listening on" not in out
+
+
 def _exposure(unit: str) -> Exposure:
     return Exposure("ranker-v2", unit, "control", "ranker:1", "c" * 16, datetime.now(UTC))
 
