@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from abkit import __version__
-from abkit.config import MAX_GRPC_PROCESSES, Settings
+from abkit.config import Settings
 from abkit.core.spec import experiment_to_dict
 from abkit.errors import (
     AbkitError,
@@ -473,11 +473,10 @@ def grpc_command(
     """
     with _errors():
         if processes is not None:
-            if not 1 <= processes <= MAX_GRPC_PROCESSES:
-                raise ValidationError(
-                    "--processes", f"must be between 1 and {MAX_GRPC_PROCESSES}, got {processes}"
-                )
-            ctx.settings = replace(ctx.settings, grpc_processes=processes)
+            try:  # Settings checks the bounds; the error names the flag the user gave
+                ctx.settings = replace(ctx.settings, grpc_processes=processes)
+            except ValidationError as exc:
+                raise ValidationError("--processes", exc.message) from None
         if process_index is not None:
             index, _, count = process_index.partition("/")
             if not (index.isdigit() and count.isdigit() and int(index) < int(count)):

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import IO, Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -55,15 +55,7 @@ class Spool(Generic[T]):
         self.directory.mkdir(parents=True, exist_ok=True)
         # One process per spool: two writers appending to and deleting the same segments would
         # replay each other's batches out of order.
-        self._lock_file = open(self.directory / ".lock", "a")  # noqa: SIM115 -- held for life
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise SpoolInUse(
-                f"the spool {self.directory} is used by another abkit process; give each "
-                "process its own ABKIT_SPOOL_DIR"
-            ) from None
+        self._lock_file = _lock(self.directory)  # held for life
         self._encode = encode
         self._decode = decode
         self._max_bytes = max_bytes
@@ -185,11 +177,21 @@ def adopt(target: str | Path, orphan: str | Path) -> int:
     return len(moving)
 
 
+def _lock(directory: Path) -> IO[str]:
+    """The spool's lock file, locked (exclusively, without waiting); close it to release."""
+    handle = open(directory / ".lock", "a")  # noqa: SIM115 -- the caller closes it
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SpoolInUse(
+            f"the spool {directory} is used by another abkit process; give each "
+            "process its own ABKIT_SPOOL_DIR"
+        ) from None
+    return handle
+
+
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
-    with open(directory / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SpoolInUse(f"the spool {directory} is used by another abkit process") from None
+    with _lock(directory):
         yield

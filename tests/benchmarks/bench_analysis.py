@@ -29,7 +29,7 @@ from abkit.core.stats import (
     sequential_test,
     srm_test,
 )
-from abkit.store.analysis import ANALYSIS_WORK_MEM, SqlAnalysis
+from abkit.store.analysis import SqlAnalysis
 from abkit.store.engine import create_store_engine
 
 # Reported for context: one GROUP BY arm over the join. It cannot yield a sum of squares of
@@ -72,11 +72,6 @@ def main() -> None:
             conn.commit()
             ours, bare, bare_streamed, join_only = [], [], [], []
 
-            def bare_query(sql: str) -> None:
-                conn.execute(sa.text(f"SET LOCAL work_mem = '{ANALYSIS_WORK_MEM}'"))
-                conn.execute(sa.text(sql)).all()
-                conn.commit()
-
             def our_query() -> None:
                 analysis.summaries("bench", METRICS)
                 conn.commit()
@@ -85,7 +80,7 @@ def main() -> None:
                 ours += timed(our_query, 1)
                 bare += timed(lambda: run_bare(conn, streamed=False), 1)
                 bare_streamed += timed(lambda: run_bare(conn, streamed=True), 1)
-                join_only += timed(lambda: bare_query(JOIN_ONLY), 1)
+                join_only += timed(lambda: run_bare(conn, streamed=False, sql=JOIN_ONLY), 1)
             plan = analysis.plan("bench", METRICS)
             conn.commit()
 

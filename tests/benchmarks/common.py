@@ -43,14 +43,15 @@ GROUP BY arm_key
 """
 
 
-def run_bare(conn: sa.Connection, *, streamed: bool) -> None:
-    """The baseline, in a transaction of its own: with PostgreSQL's own choice of plan, or
-    (``streamed``) under the planner settings abkit's analysis transaction uses (no hash join).
-    Both get abkit's ``work_mem``; the goal's ratio is taken against the faster of the two."""
+def run_bare(conn: sa.Connection, *, streamed: bool, sql: str = BARE) -> None:
+    """The baseline (or another plain query), in a transaction of its own: with PostgreSQL's own
+    choice of plan, or (``streamed``) under the planner settings abkit's analysis transaction
+    uses (no hash join). Both get abkit's ``work_mem``; the goal's ratio is taken against the
+    faster of the two."""
     conn.execute(sa.text(f"SET LOCAL work_mem = '{ANALYSIS_WORK_MEM}'"))
     if streamed:
         conn.execute(sa.text("SET LOCAL enable_hashjoin = off"))
-    conn.execute(sa.text(BARE)).all()
+    conn.execute(sa.text(sql)).all()
     conn.commit()
 
 
