@@ -164,8 +164,10 @@ class Supervisor:
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         for index, proc in enumerate(self.processes):
             line = _first_line(proc, deadline)
-            if line is None:
-                code = proc.poll()  # before stop(), which ends them all
+            if not line:
+                # End of output without a line: the process is exiting; its code, before stop()
+                # (which ends them all). EOF can come before the exit status does: wait for it.
+                code = _exit_code(proc) if line == "" else None
                 self.stop()
                 if code is not None:
                     raise StartupFailed(
@@ -221,17 +223,22 @@ class Supervisor:
 
 
 def _first_line(proc: subprocess.Popen[str], deadline: float) -> str | None:
-    """The process's first line of output (its "listening" line), or None if it exits first
-    or the deadline passes."""
+    """The process's first line of output (its "listening" line); ``""`` if its output ended
+    first (it is exiting), None if the deadline passed."""
     stdout = proc.stdout
     assert stdout is not None
     result: list[str] = []
     reader = threading.Thread(target=lambda: result.append(stdout.readline()), daemon=True)
     reader.start()
     reader.join(max(0.0, deadline - time.monotonic()))
-    if not result or not result[0]:
+    return result[0] if result else None
+
+
+def _exit_code(proc: subprocess.Popen[str], timeout: float = 10.0) -> int | None:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:  # closed its output but lives on: treat as hung
         return None
-    return result[0]
 
 
 def _relay(proc: subprocess.Popen[str], out: IO[str]) -> None:
