@@ -14,8 +14,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -28,12 +28,14 @@ from abkit.errors import (
     AbkitError,
     ConflictError,
     NotFoundError,
+    SchemaOutOfDateError,
     StoreUnavailableError,
     ValidationError,
 )
 
 if TYPE_CHECKING:
     from abkit.ports import ExperimentRecord
+    from abkit.runtime import Runtime
 
 EXIT_CODES: tuple[tuple[type[AbkitError], int], ...] = (
     (ValidationError, 2),
@@ -45,18 +47,41 @@ EXIT_CODES: tuple[tuple[type[AbkitError], int], ...] = (
 log = logging.getLogger("abkit")
 
 
-def _fail(exc: AbkitError) -> NoReturn:
-    click.echo(f"error: {exc}", err=True)
+REMEDIES: tuple[tuple[type[AbkitError], str], ...] = (
+    (SchemaOutOfDateError, "run `abkit db upgrade`"),
+    (NotFoundError, "`abkit experiment list` shows the experiments"),
+)
+"""What to type about an error, added here: inner layers name the problem in abkit's terms, the
+command line names the command."""
+
+
+def _fail(exc: AbkitError, flags: Mapping[str, str] | None = None, hint: str = "") -> NoReturn:
+    """Print ``exc`` with the command's own words for it, and exit with its code.
+
+    ``flags`` renames a :class:`ValidationError`'s field to the option the user typed
+    (``older_than`` -> ``--older-than``); ``hint`` (or the general remedy for the error's kind)
+    is appended.
+    """
+    message = str(exc)
+    if isinstance(exc, ValidationError) and flags and exc.field in flags:
+        message = f"{flags[exc.field]}: {exc.message}"
+    remedy = hint or next((r for kind, r in REMEDIES if isinstance(exc, kind)), "")
+    click.echo(f"error: {message}" + (f"; {remedy}" if remedy else ""), err=True)
     code = next((c for kind, c in EXIT_CODES if isinstance(exc, kind)), 1)
     sys.exit(code)
 
 
 @contextmanager
-def _errors() -> Iterator[None]:
+def _errors(
+    flags: Mapping[str, str] | None = None,
+    hints: Mapping[type[AbkitError], str] | None = None,
+) -> Iterator[None]:
+    """Translate abkit's errors at the edge: message, remedy, exit code (see :func:`_fail`)."""
     try:
         yield
     except AbkitError as exc:
-        _fail(exc)
+        hint = next((h for kind, h in (hints or {}).items() if isinstance(exc, kind)), "")
+        _fail(exc, flags, hint)
 
 
 class Context:
@@ -67,9 +92,16 @@ class Context:
         self.verbose = verbose
 
     def runtime(self) -> Any:
+        """A runtime for a server command, which starts and closes it itself."""
         from abkit.runtime import Runtime
 
         return Runtime.from_settings(self.settings)
+
+    def open_runtime(self) -> AbstractContextManager[Runtime]:
+        """A runtime for one command, always closed when the command ends."""
+        from abkit.runtime import open_runtime
+
+        return open_runtime(self.settings)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -155,13 +187,10 @@ def experiment_apply(ctx: Context, path: str, start: bool) -> None:
 
     with _errors():
         spec = load_experiment_file(path)
-        runtime = ctx.runtime()
-        try:
+        with ctx.open_runtime() as runtime:
             result = runtime.experiments.apply(
-                spec.experiment, actor=ctx.settings.actor, policy=spec.policy_doc, start=start
+                spec.experiment, actor=ctx.settings.actor, policy=spec.policy, start=start
             )
-        finally:
-            runtime.store.close()
     exp = result.record.experiment
     detail = f" ({', '.join(result.changed)})" if result.changed else ""
     click.echo(
@@ -177,13 +206,9 @@ def experiment_apply(ctx: Context, path: str, start: bool) -> None:
 @pass_ctx
 def experiment_list(ctx: Context, fmt: str) -> None:
     """All experiments with their status and units per arm."""
-    with _errors():
-        runtime = ctx.runtime()
-        try:
-            records = runtime.experiments.list()
-            counts = {r.key: runtime.experiments.exposure_counts(r.key) for r in records}
-        finally:
-            runtime.store.close()
+    with _errors(), ctx.open_runtime() as runtime:
+        records = runtime.experiments.list()
+        counts = {r.key: runtime.experiments.exposure_counts(r.key) for r in records}
     if fmt == "json":
         click.echo(json.dumps([_record_json(r, counts[r.key]) for r in records], indent=2))
         return
@@ -211,13 +236,9 @@ def experiment_show(ctx: Context, key: str, fmt: str) -> None:
     """One experiment: its config, status and units per arm."""
     import yaml
 
-    with _errors():
-        runtime = ctx.runtime()
-        try:
-            record = runtime.experiments.get(key)
-            counts = runtime.experiments.exposure_counts(key)
-        finally:
-            runtime.store.close()
+    with _errors(), ctx.open_runtime() as runtime:
+        record = runtime.experiments.get(key)
+        counts = runtime.experiments.exposure_counts(key)
     doc = _record_json(record, counts)
     if fmt == "json":
         click.echo(json.dumps(doc, indent=2))
@@ -230,12 +251,8 @@ def _status_command(name: str, verb: str) -> Callable[..., None]:
     @click.argument("key")
     @pass_ctx
     def command(ctx: Context, key: str) -> None:
-        with _errors():
-            runtime = ctx.runtime()
-            try:
-                record = getattr(runtime.experiments, verb)(key, actor=ctx.settings.actor)
-            finally:
-                runtime.store.close()
+        with _errors(), ctx.open_runtime() as runtime:
+            record = getattr(runtime.experiments, verb)(key, actor=ctx.settings.actor)
         click.echo(f"experiment {key} is {record.experiment.status}")
 
     command.__doc__ = {
@@ -253,12 +270,8 @@ def _status_command(name: str, verb: str) -> Callable[..., None]:
 @pass_ctx
 def experiment_promote(ctx: Context, key: str, arm: str, reason: str) -> None:
     """Promote ARM now: everyone gets its model version, which goes live in the registry."""
-    with _errors():
-        runtime = ctx.runtime()
-        try:
-            record = runtime.decisions.promote(key, arm, actor=ctx.settings.actor, reason=reason)
-        finally:
-            runtime.close()
+    with _errors(), ctx.open_runtime() as runtime:
+        record = runtime.decisions.promote(key, arm, actor=ctx.settings.actor, reason=reason)
     click.echo(f"experiment {key}: promoted {record.arm_key} ({record.reason})")
 
 
@@ -268,12 +281,8 @@ def experiment_promote(ctx: Context, key: str, arm: str, reason: str) -> None:
 @pass_ctx
 def experiment_rollback(ctx: Context, key: str, reason: str) -> None:
     """Roll back to control now (also undoes a promotion)."""
-    with _errors():
-        runtime = ctx.runtime()
-        try:
-            record = runtime.decisions.rollback(key, actor=ctx.settings.actor, reason=reason)
-        finally:
-            runtime.close()
+    with _errors(), ctx.open_runtime() as runtime:
+        record = runtime.decisions.rollback(key, actor=ctx.settings.actor, reason=reason)
     click.echo(f"experiment {key}: rolled back to {record.arm_key} ({record.reason})")
 
 
@@ -285,14 +294,10 @@ def experiment_rollback(ctx: Context, key: str, reason: str) -> None:
 @pass_ctx
 def experiment_history(ctx: Context, key: str, fmt: str) -> None:
     """The audit trail: every look, decision and manual action, with who and why."""
-    with _errors():
-        runtime = ctx.runtime()
-        try:
-            history = runtime.experiments.history(key)
-        finally:
-            runtime.store.close()
+    with _errors(), ctx.open_runtime() as runtime:
+        history = runtime.experiments.history(key)
     if fmt == "json":
-        from abkit.web.document import history_doc
+        from abkit.report.document import history_doc
 
         click.echo(json.dumps([history_doc(d) for d in history], indent=2))
         return
@@ -343,10 +348,10 @@ def _run_grpc(
     process: tuple[int, int] = (0, 1),
 ) -> None:
     """Serve until SIGTERM/SIGINT; ``process`` = (index, count) of ``abkit grpc --processes``."""
-    from abkit import telemetry
-    from abkit.metrics import WorkerMetrics
-    from abkit.rpc import build_server
+    from abkit.infra import telemetry
+    from abkit.infra.instruments import WorkerMetrics
     from abkit.rpc.processes import adopt_orphan_spools, process_spool, watch_supervisor
+    from abkit.rpc.server import build_server
     from abkit.worker import Worker
 
     index, count = process
@@ -415,8 +420,8 @@ def _bind_web(ctx: Context, runtime: Any, address: str) -> Any:
 
 
 def _run_worker(ctx: Context) -> None:
-    from abkit import telemetry
-    from abkit.metrics import WorkerMetrics
+    from abkit.infra import telemetry
+    from abkit.infra.instruments import WorkerMetrics
     from abkit.worker import Worker
 
     with _errors():
@@ -574,7 +579,7 @@ def web_command(ctx: Context, address: str | None, workers: int | None, dev: boo
     click.echo(f"abkit results page at {server.url} (development server)")
     _wait_for_signal()
     server.stop()
-    runtime.store.close()
+    runtime.close()
 
 
 @main.command("results")
@@ -592,23 +597,18 @@ def results_command(ctx: Context, key: str, fmt: str) -> None:
 
     json is the document of GET /api/experiments/KEY/results, csv that of .../results.csv.
     """
-    from abkit.results import ResultsService
-    from abkit.web import document, wording
+    from abkit.report import document, tables, text
 
-    with _errors():
-        runtime = ctx.runtime()
-        try:
-            results = ResultsService(runtime.store, runtime.clock).results(key)
-            now = runtime.clock.now()
-        finally:
-            runtime.store.close()
+    with _errors(), ctx.open_runtime() as runtime:
+        results = runtime.results.results(key)
+        now = runtime.clock.now()
     if fmt == "json":
         click.echo(json.dumps(document.results_doc(results, now), indent=2, ensure_ascii=False))
     elif fmt == "csv":
-        rows = document.results_rows(results)
-        click.echo(document.csv_text(document.RESULTS_COLUMNS, rows), nl=False)
+        rows = tables.results_rows(results)
+        click.echo(tables.csv_text(tables.RESULTS_COLUMNS, rows), nl=False)
     else:
-        click.echo(wording.results_text(results, now))
+        click.echo(text.results_text(results, now))
 
 
 @main.command("demo")
@@ -629,7 +629,7 @@ def results_command(ctx: Context, key: str, fmt: str) -> None:
 )
 def demo_command(scenario: str, seed: int, demo_url: str) -> None:
     """Serve an experiment, send simulated users through gRPC, watch the worker decide."""
-    from abkit.demo import SCENARIOS, run_demo
+    from abkit.tools.demo import SCENARIOS, run_demo
 
     with _errors():
         action = run_demo(seed=seed, database_url=demo_url, echo=click.echo, scenario=scenario)
@@ -719,12 +719,8 @@ def forget_command(ctx: Context, unit_id: str) -> None:
     Rows still in a running server's memory queue or spool are written after this; run it
     again once the servers have flushed (at most ABKIT_WRITER_FLUSH_SECONDS, or after an outage).
     """
-    with _errors():
-        runtime = ctx.runtime()
-        try:
-            erased = runtime.privacy.forget(unit_id, actor=ctx.settings.actor)
-        finally:
-            runtime.close()
+    with _errors(), ctx.open_runtime() as runtime:
+        erased = runtime.privacy.forget(unit_id, actor=ctx.settings.actor)
     click.echo(
         f"erased {erased.exposures} exposures and {erased.events} events; "
         f"removed from {erased.overrides} experiment overrides"
@@ -741,17 +737,18 @@ def prune_command(ctx: Context, older_than: str, include_running: bool) -> None:
 
     from abkit.core.metrics import parse_duration
 
-    with _errors():
+    flags = {"older_than": "--older-than"}
+    running: dict[type[AbkitError], str] = {
+        ConflictError: "pass --include-running to prune them anyway"
+    }
+    with _errors(flags, running):
         seconds = parse_duration(older_than, "--older-than")
-        runtime = ctx.runtime()
-        try:
+        with ctx.open_runtime() as runtime:
             pruned = runtime.privacy.prune(
                 timedelta(seconds=seconds),
                 actor=ctx.settings.actor,
                 include_running=include_running,
             )
-        finally:
-            runtime.close()
     click.echo(
         f"erased {pruned.exposures} exposures and {pruned.events} events older than "
         f"{pruned.cutoff:%Y-%m-%d %H:%M} UTC"
@@ -794,7 +791,7 @@ def loadtest_command(
     """Load a running abkit gRPC server (TARGET, host:port) and report RPS and latency."""
     import subprocess
 
-    from abkit.loadtest import run_load
+    from abkit.tools.loadtest import run_load
 
     if target is None and not baseline:
         _fail(ValidationError("TARGET", "give the server's host:port, or --baseline"))
@@ -816,7 +813,7 @@ def loadtest_command(
         click.echo(results[-1].line())
     if baseline:
         with subprocess.Popen(
-            [sys.executable, "-m", "abkit.loadtest", "127.0.0.1:0"],
+            [sys.executable, "-m", "abkit.tools.loadtest", "127.0.0.1:0"],
             stdout=subprocess.PIPE,
             text=True,
         ) as server:

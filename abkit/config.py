@@ -3,7 +3,7 @@
 ``Settings.from_env()`` is called once at the edge (the CLI) and the frozen result is passed
 explicitly to everything else. Every variable has the ``ABKIT_`` prefix; OpenTelemetry is
 configured only through its standard ``OTEL_*`` variables (read by the SDK itself, see
-:mod:`abkit.telemetry`).
+:mod:`abkit.infra.telemetry`).
 """
 
 from __future__ import annotations

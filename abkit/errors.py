@@ -11,7 +11,9 @@ translates this tree exactly once (``raise ... from exc``)::
     │                           for a running experiment)
     ├── AuthenticationError     missing or wrong credentials
     ├── PermissionDeniedError   valid credentials, action not allowed
-    └── StoreUnavailableError   the database cannot be reached (or is not migrated)
+    └── StoreUnavailableError   the database cannot be reached
+        └── SchemaOutOfDateError  it answers, but its schema is missing or older than
+                                  this abkit (migrate it)
 
 At the edges:
 
@@ -25,6 +27,9 @@ At the edges:
     PermissionDeniedError  PERMISSION_DENIED    403   1
     StoreUnavailableError  UNAVAILABLE          503   5
     =====================  ===================  ====  ========
+
+Messages name the problem and the fix in abkit's own terms; the edges add how to apply it
+there (the CLI, for instance, names the command: ``abkit db upgrade``).
 
 Every message says what was wrong *and* what to do about it; ``ValidationError.field`` names the
 offending field (a dotted path such as ``arms[1].weight``) so an API can point at it.
@@ -64,3 +69,7 @@ class PermissionDeniedError(AbkitError):
 
 class StoreUnavailableError(AbkitError):
     """The store cannot be reached; the operation may succeed if retried later."""
+
+
+class SchemaOutOfDateError(StoreUnavailableError):
+    """The store answers, but its schema is missing or older than this abkit."""

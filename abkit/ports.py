@@ -17,16 +17,15 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from abkit.core.assignment import Exposure
 from abkit.core.metrics import Metric
-from abkit.core.model import Event, Experiment
+from abkit.core.model import Event, Experiment, ModelStatus
+from abkit.core.policy import Policy
 
 if TYPE_CHECKING:  # the stats package imports scipy; the ports only need its types
-    from abkit.core.stats import ArmSummary, RatioSummary
-
-Summary: TypeAlias = "ArmSummary | RatioSummary"
+    from abkit.core.stats import Summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +46,10 @@ class ExperimentRecord:
     updated_at: datetime
     started_at: datetime | None = None
     concluded_at: datetime | None = None
-    policy: Mapping[str, Any] | None = None
+    policy: Policy | None = None
+    policy_error: str | None = None
+    """Why the stored policy document could not be read (then ``policy`` is None): written by
+    another version, or edited by hand. The worker records a hold saying so."""
 
     @property
     def key(self) -> str:
@@ -56,7 +58,11 @@ class ExperimentRecord:
 
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
-    """One entry of the audit trail (automatic decisions and manual actions alike)."""
+    """One entry of the audit trail (automatic decisions and manual actions alike).
+
+    ``snapshot`` is the stored JSON document; :func:`abkit.core.snapshot.read_entry` reads it
+    into its typed form.
+    """
 
     experiment_key: str
     action: str
@@ -72,11 +78,11 @@ class DecisionRecord:
 
 @dataclass(frozen=True, slots=True)
 class ModelVersion:
-    """A version of a model in the registry. ``status``: candidate, live, previous or retired."""
+    """A version of a model in the registry."""
 
     model: str
     version: str
-    status: str
+    status: ModelStatus
     created_at: datetime
     updated_at: datetime
     experiment_key: str | None = None
@@ -172,7 +178,7 @@ class ModelRegistry(Protocol):
         ...
 
     def set_status(
-        self, model: str, version: str, status: str, *, now: datetime
+        self, model: str, version: str, status: ModelStatus, *, now: datetime
     ) -> ModelVersion: ...
 
     def versions(self, model: str | None = None) -> list[ModelVersion]: ...
@@ -254,6 +260,17 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class Sink(Protocol[T_contra]):
+    """Where accepted exposures or events go (a background writer, a stream publisher)."""
+
+    def submit(self, items: Sequence[T_contra]) -> bool:
+        """Take all of ``items`` or none of them; False when refused (full, closing)."""
+        ...
 
 
 class Clock(Protocol):

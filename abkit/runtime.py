@@ -1,9 +1,10 @@
-"""Wiring: one :class:`Runtime` owns the store, the writers, the config cache and the services.
+"""Wiring: one :class:`Runtime` owns the store, the writers, the config cache and the use cases.
 
-The CLI builds it from :class:`~abkit.config.Settings`; tests build it around any store (memory,
-SQLite, PostgreSQL). Background work -- the writers' flush threads and the config refresher --
-starts with :meth:`Runtime.start` and stops, flushing everything accepted, with
-:meth:`Runtime.close`.
+Every use case is built here, once, and shared by whoever serves it -- the CLI, the web app,
+the gRPC server, the worker. The CLI builds it from :class:`~abkit.config.Settings` (with
+:func:`open_runtime`, which always closes it); tests build it around any store (memory, SQLite,
+PostgreSQL). Background work -- the writers' flush threads and the config refresher -- starts
+with :meth:`Runtime.start` and stops, flushing everything accepted, with :meth:`Runtime.close`.
 """
 
 from __future__ import annotations
@@ -11,22 +12,27 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from abkit.clock import SystemClock
 from abkit.config import Settings
 from abkit.core.assignment import Exposure
 from abkit.core.hashing import pseudonym
 from abkit.core.model import Event
-from abkit.decisions import DecisionService
-from abkit.notify import WebhookNotifier
+from abkit.infra.clock import SystemClock
+from abkit.infra.notify import WebhookNotifier
+from abkit.infra.spool import Spool
+from abkit.infra.writer import BufferedWriter
 from abkit.ports import Clock, Store
-from abkit.services import AssignmentService, ConfigCache, ExperimentService, PrivacyService
-from abkit.spool import Spool
+from abkit.services.assignment import AssignmentService
+from abkit.services.config import ConfigCache
+from abkit.services.decisions import DecisionService
+from abkit.services.experiments import ExperimentService
+from abkit.services.privacy import PrivacyService
+from abkit.services.results import ResultsService
 from abkit.store.sql import SqlStore
-from abkit.writer import BufferedWriter
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,7 @@ class Runtime:
         self.privacy = PrivacyService(store, self.clock, self.pseudonymize)
         self.webhooks = WebhookNotifier()
         self.decisions = DecisionService(store, self.clock, listeners=(self.webhooks,))
+        self.results = ResultsService(store, self.clock)
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
 
@@ -145,3 +152,14 @@ class Runtime:
         self.webhooks.close(timeout)
         self.store.close()
         return clean
+
+
+@contextmanager
+def open_runtime(settings: Settings) -> Iterator[Runtime]:
+    """A runtime on ``settings.database_url``, closed (writers flushed, store released) however
+    the block ends."""
+    runtime = Runtime.from_settings(settings)
+    try:
+        yield runtime
+    finally:
+        runtime.close()

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 from abkit.core.model import Experiment
-from abkit.core.policy import Policy, policy_from_dict, policy_to_dict
+from abkit.core.policy import Policy
+from abkit.core.policy_document import policy_from_dict
 from abkit.core.spec import EXPERIMENT_FIELDS, experiment_from_dict
 from abkit.errors import ValidationError
 
@@ -26,11 +27,6 @@ POLICY_FIELD = "policy"
 class ExperimentFile:
     experiment: Experiment
     policy: Policy | None
-
-    @property
-    def policy_doc(self) -> dict[str, Any] | None:
-        """The normalised policy as stored (durations in seconds)."""
-        return None if self.policy is None else policy_to_dict(self.policy)
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -1,8 +1,9 @@
 """``abkit worker``: looks at every running experiment on its interval and applies decisions.
 
 Several workers may run against one PostgreSQL: each look is recorded (and acted on) by exactly
-one of them (see :mod:`abkit.decisions`). Every look is an OpenTelemetry span with the decision
-as a span event, so decisions show up next to the traces of the traffic that caused them.
+one of them (see :mod:`abkit.services.decisions`). Every look is an OpenTelemetry span with the
+decision as a span event, so decisions show up next to the traces of the traffic that caused
+them.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import threading
 
 from opentelemetry import trace
 
-from abkit.decisions import DecisionService, LookOutcome
 from abkit.errors import AbkitError
-from abkit.metrics import WorkerMetrics
+from abkit.infra.instruments import WorkerMetrics
+from abkit.services.decisions import DecisionService, LookOutcome
 
 log = logging.getLogger(__name__)
 

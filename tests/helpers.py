@@ -8,10 +8,10 @@ from typing import Any
 
 from abkit.core.assignment import Exposure
 from abkit.core.model import Event
-from abkit.core.policy import policy_from_dict, policy_to_dict
+from abkit.core.policy_document import policy_from_dict
 from abkit.core.spec import experiment_from_dict
 from abkit.ports import Store
-from abkit.services import ExperimentService
+from abkit.services.experiments import ExperimentService
 
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 EXPERIMENT = {
@@ -44,8 +44,8 @@ class Clock:
 
 def setup(store: Store, clock: Clock, policy: dict[str, Any] | None = None) -> None:
     service = ExperimentService(store, clock)
-    doc = policy_to_dict(policy_from_dict(policy or POLICY))
-    service.apply(experiment_from_dict(EXPERIMENT), actor="ada", policy=doc, start=True)
+    parsed = policy_from_dict(policy or POLICY)
+    service.apply(experiment_from_dict(EXPERIMENT), actor="ada", policy=parsed, start=True)
 
 
 def traffic(

@@ -37,6 +37,15 @@ class ExperimentStatus(StrEnum):
     CONCLUDED = "concluded"  # decided: everyone targeted gets `rollout_arm`; final
 
 
+class ModelStatus(StrEnum):
+    """Where a model version stands in the registry."""
+
+    CANDIDATE = "candidate"  # in an experiment, not serving everyone
+    LIVE = "live"  # what everyone outside experiments gets; one per model
+    PREVIOUS = "previous"  # the version a promotion replaced, kept at hand for a rollback
+    RETIRED = "retired"  # undone by a rollback of its promotion
+
+
 class Reason(StrEnum):
     """Why a unit got its arm (OpenFeature-style evaluation reasons)."""
 

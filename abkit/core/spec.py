@@ -23,10 +23,10 @@ Example::
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from abkit.core.documents import check_fields, mapping, string
 from abkit.core.model import Arm, Experiment, ExperimentStatus, Holdout, LayerSegment
 from abkit.core.targeting import parse_condition
 from abkit.errors import ValidationError
@@ -50,38 +50,6 @@ LAYER_FIELDS = ("key", "start", "end")
 HOLDOUT_FIELDS = ("key", "fraction")
 
 
-def _mapping(value: object, field: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValidationError(field, f"must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def _check_fields(
-    doc: Mapping[str, Any], allowed: Sequence[str], field: str, required: Sequence[str]
-) -> None:
-    for name in doc:
-        if name not in allowed:
-            close = difflib.get_close_matches(str(name), allowed, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            where = f"{field}.{name}" if field else str(name)
-            raise ValidationError(
-                where, f"unknown field; {hint}allowed fields are {', '.join(allowed)}"
-            )
-    for name in required:
-        if name not in doc:
-            where = f"{field}.{name}" if field else name
-            raise ValidationError(where, "is required")
-
-
-def _string(doc: Mapping[str, Any], name: str, field: str, default: str = "") -> str:
-    value = doc.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise ValidationError(field, f"must be a string, got {value!r}")
-    return value
-
-
 def _reraise(prefix: str, exc: ValidationError) -> ValidationError:
     field = f"{prefix}.{exc.field}" if exc.field else prefix
     return ValidationError(field, exc.message)
@@ -98,16 +66,38 @@ def experiment_from_dict(
 
     ``status`` and ``rollout_arm`` come from the store, never from a file.
     """
-    d = _mapping(doc, "experiment")
-    _check_fields(d, (*EXPERIMENT_FIELDS, *extra_fields), "", required=("key", "arms"))
-    raw_arms = d["arms"]
+    d = mapping(doc, "experiment")
+    check_fields(d, (*EXPERIMENT_FIELDS, *extra_fields), "", required=("key", "arms"))
+    hash_version = d.get("hash_version", 1)
+    if isinstance(hash_version, bool) or not isinstance(hash_version, int):
+        raise ValidationError("hash_version", f"must be a whole number, got {hash_version!r}")
+    targeting = d.get("targeting")
+    return Experiment(
+        key=d["key"],
+        arms=_arms(d["arms"]),
+        model=string(d, "model", "model"),
+        status=status,
+        salt=string(d, "salt", "salt"),
+        hash_version=hash_version,
+        coverage=d.get("coverage", 1.0),
+        layer=_layer(d.get("layer")),
+        holdout=_holdout(d.get("holdout")),
+        targeting=None if targeting is None else parse_condition(targeting, "targeting"),
+        overrides=_overrides(d.get("overrides") or {}),
+        rollout_arm=rollout_arm,
+        name=string(d, "name", "name"),
+        description=string(d, "description", "description"),
+    )
+
+
+def _arms(raw_arms: object) -> tuple[Arm, ...]:
     if not isinstance(raw_arms, Sequence) or isinstance(raw_arms, str):
         raise ValidationError("arms", "must be a list of arms")
     arms = []
     for i, raw in enumerate(raw_arms):
         where = f"arms[{i}]"
-        a = _mapping(raw, where)
-        _check_fields(a, ARM_FIELDS, where, required=("key", "model_version", "weight"))
+        a = mapping(raw, where)
+        check_fields(a, ARM_FIELDS, where, required=("key", "model_version", "weight"))
         control = a.get("control", False)
         if not isinstance(control, bool):
             raise ValidationError(f"{where}.control", "must be true or false")
@@ -115,46 +105,34 @@ def experiment_from_dict(
             arms.append(Arm(a["key"], a["model_version"], a["weight"], control))
         except ValidationError as exc:
             raise _reraise(where, exc) from None
-    layer = None
-    if d.get("layer") is not None:
-        lay = _mapping(d["layer"], "layer")
-        _check_fields(lay, LAYER_FIELDS, "layer", required=("key", "start", "end"))
-        try:
-            layer = LayerSegment(lay["key"], lay["start"], lay["end"])
-        except ValidationError as exc:
-            raise ValidationError(exc.field, exc.message) from None
-    holdout = None
-    if d.get("holdout") is not None:
-        hol = _mapping(d["holdout"], "holdout")
-        _check_fields(hol, HOLDOUT_FIELDS, "holdout", required=("key", "fraction"))
-        holdout = Holdout(hol["key"], hol["fraction"])
-    targeting = None
-    if d.get("targeting") is not None:
-        targeting = parse_condition(d["targeting"], "targeting")
-    overrides_doc = d.get("overrides") or {}
-    overrides = _mapping(overrides_doc, "overrides")
+    return tuple(arms)
+
+
+def _layer(doc: object) -> LayerSegment | None:
+    if doc is None:
+        return None
+    lay = mapping(doc, "layer")
+    check_fields(lay, LAYER_FIELDS, "layer", required=("key", "start", "end"))
+    try:
+        return LayerSegment(lay["key"], lay["start"], lay["end"])
+    except ValidationError as exc:
+        raise ValidationError(exc.field, exc.message) from None
+
+
+def _holdout(doc: object) -> Holdout | None:
+    if doc is None:
+        return None
+    hol = mapping(doc, "holdout")
+    check_fields(hol, HOLDOUT_FIELDS, "holdout", required=("key", "fraction"))
+    return Holdout(hol["key"], hol["fraction"])
+
+
+def _overrides(doc: object) -> dict[str, str]:
+    overrides = mapping(doc, "overrides")
     for unit, arm in overrides.items():
         if not isinstance(unit, str) or not isinstance(arm, str):
             raise ValidationError("overrides", "maps unit ids (strings) to arm keys (strings)")
-    hash_version = d.get("hash_version", 1)
-    if isinstance(hash_version, bool) or not isinstance(hash_version, int):
-        raise ValidationError("hash_version", f"must be a whole number, got {hash_version!r}")
-    return Experiment(
-        key=d["key"],
-        arms=tuple(arms),
-        model=_string(d, "model", "model"),
-        status=status,
-        salt=_string(d, "salt", "salt"),
-        hash_version=hash_version,
-        coverage=d.get("coverage", 1.0),
-        layer=layer,
-        holdout=holdout,
-        targeting=targeting,
-        overrides=dict(overrides),
-        rollout_arm=rollout_arm,
-        name=_string(d, "name", "name"),
-        description=_string(d, "description", "description"),
-    )
+    return dict(overrides)
 
 
 def experiment_to_dict(experiment: Experiment) -> dict[str, Any]:

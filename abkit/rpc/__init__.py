@@ -1,5 +1,3 @@
-"""The gRPC adapter: thin servicers, proto <-> core conversion, ``build_server()``."""
-
-from abkit.rpc.server import GrpcServer, build_server
-
-__all__ = ["GrpcServer", "build_server"]
+"""The gRPC adapter: thin servicers (:mod:`~abkit.rpc.servicer`), proto <-> core conversion
+(:mod:`~abkit.rpc.convert`), tracing and errors (:mod:`~abkit.rpc.tracing`), and
+:func:`abkit.rpc.server.build_server`, which returns an unstarted server bound to any port."""

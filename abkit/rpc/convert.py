@@ -9,7 +9,7 @@ from abkit.core.assignment import Assignment
 from abkit.core.model import Event, Reason
 from abkit.core.targeting import AttributeValue
 from abkit.errors import ValidationError
-from abkit.services import TrackInput, UnitRequest
+from abkit.services.assignment import TrackInput, UnitRequest
 from abkit.v1 import assignment_pb2 as pb
 
 _REASONS = {reason: getattr(pb, f"REASON_{reason.value}") for reason in Reason}

@@ -15,7 +15,7 @@ capacity behind one health endpoint would hide the failure. Each process is a fu
 its own config refresher, writers and spool directory (``<spool>/process-<i>``; process 0 uses
 the spool itself, so a single-process server and process 0 share it), health and reflection
 services. A spool left by a process index that no longer exists (the count went down) is
-adopted by process 0 before it starts (:func:`abkit.spool.adopt`), so nothing accepted is
+adopted by process 0 before it starts (:func:`abkit.infra.spool.adopt`), so nothing accepted is
 stranded.
 """
 
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from abkit.errors import ValidationError
-from abkit.spool import SpoolInUse, adopt
+from abkit.infra.spool import SpoolInUse, adopt
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from grpc_reflection.v1alpha import reflection
 
 from abkit.config import Settings
 from abkit.errors import ValidationError
-from abkit.metrics import RpcMetrics, observe_runtime
+from abkit.infra.instruments import RpcMetrics, observe_runtime
+from abkit.infra.telemetry import Telemetry
 from abkit.rpc.auth import TokenInterceptor
 from abkit.rpc.servicer import AssignmentServicer, add_to_server
 from abkit.runtime import Runtime
-from abkit.telemetry import Telemetry
 from abkit.v1 import assignment_pb2
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ from typing import Any
 import grpc
 from opentelemetry.trace import Tracer
 
-from abkit.metrics import RpcMetrics
+from abkit.infra.instruments import RpcMetrics
 from abkit.rpc import convert
 from abkit.rpc.tracing import SERVICE, rpc
-from abkit.services import AssignmentService, TraceRef
+from abkit.services.assignment import AssignmentService, TraceRef
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc
 

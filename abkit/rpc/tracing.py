@@ -31,8 +31,8 @@ from abkit.errors import (
     StoreUnavailableError,
     ValidationError,
 )
-from abkit.metrics import RpcMetrics
-from abkit.services import NO_TRACE, TraceRef
+from abkit.infra.instruments import RpcMetrics
+from abkit.services.assignment import NO_TRACE, TraceRef
 
 SERVICE = "abkit.v1.AssignmentService"
 

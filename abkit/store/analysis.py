@@ -23,8 +23,8 @@ from typing import Any
 from sqlalchemy import Connection, TextClause, bindparam, text
 
 from abkit.core.metrics import Metric, MetricKind
-from abkit.core.stats import ArmSummary, RatioSummary
-from abkit.ports import DailySummaries, Summary
+from abkit.core.stats import ArmSummary, RatioSummary, Summary
+from abkit.ports import DailySummaries
 from abkit.store.schema import UTCDateTime
 
 ANALYSIS_WORK_MEM = "256MB"

@@ -15,9 +15,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from abkit.core.assignment import Exposure
-from abkit.core.model import Arm, Event, Experiment, ExperimentStatus, Holdout, LayerSegment
+from abkit.core.model import (
+    Arm,
+    Event,
+    Experiment,
+    ExperimentStatus,
+    Holdout,
+    LayerSegment,
+    ModelStatus,
+)
+from abkit.core.policy_document import policy_to_dict, read_policy
 from abkit.core.targeting import parse_condition
-from abkit.errors import ConflictError, NotFoundError, StoreUnavailableError
+from abkit.errors import ConflictError, NotFoundError, SchemaOutOfDateError, StoreUnavailableError
 from abkit.ports import AuditEntry, DecisionRecord, ExperimentRecord, ModelVersion
 from abkit.store.analysis import SqlAnalysis
 from abkit.store.engine import create_store_engine
@@ -100,9 +109,7 @@ class SqlExperiments:
     def get(self, key: str) -> ExperimentRecord:
         record = self.find(key)
         if record is None:
-            raise NotFoundError(
-                f"experiment {key!r} does not exist; `abkit experiment list` shows them"
-            )
+            raise NotFoundError(f"experiment {key!r} does not exist")
         return record
 
     def list(self) -> builtins.list[ExperimentRecord]:
@@ -172,6 +179,7 @@ class SqlExperiments:
             started_at=record.started_at,
             concluded_at=record.concluded_at,
             policy=record.policy,
+            policy_error=record.policy_error,
         )
 
     def _ensure_layer_and_holdout(self, exp: Experiment, now: datetime) -> None:
@@ -215,7 +223,7 @@ def _row_values(record: ExperimentRecord, revision: int) -> dict[str, Any]:
         "holdout_key": exp.holdout.key if exp.holdout else None,
         "targeting": exp.targeting.to_dict() if exp.targeting is not None else None,
         "overrides": dict(exp.overrides),
-        "policy": dict(record.policy) if record.policy is not None else None,
+        "policy": policy_to_dict(record.policy) if record.policy is not None else None,
         "rollout_arm": exp.rollout_arm,
         "config_checksum": exp.config_checksum,
         "revision": revision,
@@ -250,6 +258,7 @@ def _record_from_row(row: Any, arms: tuple[Arm, ...]) -> ExperimentRecord:
         name=row["name"],
         description=row["description"],
     )
+    policy, policy_error = read_policy(row["policy"])
     return ExperimentRecord(
         experiment=experiment,
         revision=row["revision"],
@@ -257,7 +266,8 @@ def _record_from_row(row: Any, arms: tuple[Arm, ...]) -> ExperimentRecord:
         updated_at=row["updated_at"],
         started_at=row["started_at"],
         concluded_at=row["concluded_at"],
-        policy=row["policy"],
+        policy=policy,
+        policy_error=policy_error,
     )
 
 
@@ -456,7 +466,7 @@ class SqlModels:
             _insert_ignoring_duplicates(self._conn, _MODELS).values(
                 model=model,
                 version=version,
-                status="candidate",
+                status=ModelStatus.CANDIDATE.value,
                 experiment_key=experiment_key,
                 created_at=now,
                 updated_at=now,
@@ -464,13 +474,15 @@ class SqlModels:
         )
         return self._get(model, version)
 
-    def set_status(self, model: str, version: str, status: str, *, now: datetime) -> ModelVersion:
+    def set_status(
+        self, model: str, version: str, status: ModelStatus, *, now: datetime
+    ) -> ModelVersion:
         try:
             with self._conn.begin_nested():
                 result = self._conn.execute(
                     update(_MODELS)
                     .where(_MODELS.c.model == model, _MODELS.c.version == version)
-                    .values(status=status, updated_at=now)
+                    .values(status=ModelStatus(status).value, updated_at=now)
                 )
         except IntegrityError:
             # uq_model_versions_one_live: another version is live (maybe set by a racing worker).
@@ -501,7 +513,9 @@ class SqlModels:
     def live(self, model: str) -> ModelVersion | None:
         row = (
             self._conn.execute(
-                select(_MODELS).where(_MODELS.c.model == model, _MODELS.c.status == "live")
+                select(_MODELS).where(
+                    _MODELS.c.model == model, _MODELS.c.status == ModelStatus.LIVE.value
+                )
             )
             .mappings()
             .one_or_none()
@@ -513,7 +527,7 @@ def _model_version(row: Any) -> ModelVersion:
     return ModelVersion(
         model=row["model"],
         version=row["version"],
-        status=row["status"],
+        status=ModelStatus(row["status"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         experiment_key=row["experiment_key"],
@@ -549,9 +563,9 @@ class SqlStore:
                 yield SqlTransaction(conn)
         except DBAPIError as exc:
             if _is_missing_schema(exc):
-                raise StoreUnavailableError(
+                raise SchemaOutOfDateError(
                     f"the database has no abkit schema, or an old one ({_first_line(exc)}); "
-                    "run `abkit db upgrade`"
+                    "migrate it to the latest revision"
                 ) from exc
             if isinstance(exc, IntegrityError) or not _is_unavailable(exc):
                 raise

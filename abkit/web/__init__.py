@@ -1,4 +1,4 @@
-"""The results page and analyst API: a Flask adapter over :mod:`abkit.results`.
+"""The results page and analyst API: a Flask adapter over :mod:`abkit.services.results`.
 
 ``create_app(settings, runtime=None, test_config=None)`` builds the app (see
 :mod:`abkit.web.app`); ``gunicorn 'abkit.web:create_app()'`` serves it with settings from the

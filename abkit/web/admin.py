@@ -26,7 +26,7 @@ from werkzeug.wrappers import Response
 
 from abkit.errors import ValidationError
 from abkit.web import auth
-from abkit.web.app import services
+from abkit.web.context import services
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from abkit.errors import StoreUnavailableError
-from abkit.web import document
-from abkit.web.app import services
+from abkit.report import document, tables
+from abkit.services.results import registry_changes
+from abkit.web.context import services
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 health = Blueprint("health", __name__)
@@ -30,7 +31,7 @@ health = Blueprint("health", __name__)
 
 def _csv(name: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Response:
     return Response(
-        document.csv_text(columns, rows),
+        tables.csv_text(columns, rows),
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
@@ -40,65 +41,39 @@ def _csv(name: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) ->
 def experiments() -> Response:
     web = services()
     now = web.runtime.clock.now()
-    return jsonify(experiments=[document.summary_doc(r, now) for r in web.results.experiments()])
-
-
-EXPERIMENT_COLUMNS = (
-    "experiment_key", "name", "status", "model", "rollout_arm", "arm", "model_version", "weight",
-    "control", "units", "started_at", "concluded_at", "last_action", "last_decided_at",
-)  # fmt: skip
+    experiments = web.runtime.results.experiments()
+    return jsonify(experiments=[document.summary_doc(r, now) for r in experiments])
 
 
 @bp.get("/experiments.csv")
 def experiments_csv() -> Response:
-    rows = []
-    for r in services().results.experiments():
-        last = r.timeline[-1] if r.timeline else None
-        for a in r.arms:
-            rows.append(
-                (
-                    r.key,
-                    r.name,
-                    r.status,
-                    r.model,
-                    r.rollout_arm,
-                    a.key,
-                    a.model_version,
-                    a.weight,
-                    a.control,
-                    a.units,
-                    r.started_at,
-                    r.concluded_at,
-                    last.action if last else None,
-                    last.decided_at if last else None,
-                )
-            )
-    return _csv("experiments.csv", EXPERIMENT_COLUMNS, rows)
+    rows = tables.experiment_rows(services().runtime.results.experiments())
+    return _csv("experiments.csv", tables.EXPERIMENT_COLUMNS, rows)
 
 
 @bp.get("/experiments/<key>")
 @bp.get("/experiments/<key>/results")
 def results(key: str) -> Response:
     web = services()
-    return jsonify(document.results_doc(web.results.results(key), web.runtime.clock.now()))
+    return jsonify(document.results_doc(web.runtime.results.results(key), web.runtime.clock.now()))
 
 
 @bp.get("/experiments/<key>/results.csv")
 def results_csv(key: str) -> Response:
-    r = services().results.results(key)
-    return _csv(f"{key}-results.csv", document.RESULTS_COLUMNS, document.results_rows(r))
+    r = services().runtime.results.results(key)
+    return _csv(f"{key}-results.csv", tables.RESULTS_COLUMNS, tables.results_rows(r))
 
 
 @bp.get("/experiments/<key>/series")
 def series(key: str) -> Response:
-    r = services().results.results(key)
+    r = services().runtime.results.results(key)
     return jsonify(experiment=key, series=document.series_doc(r.series))
 
 
 @bp.get("/experiments/<key>/series.csv")
 def series_csv(key: str) -> Response:
-    r = services().results.results(key)
-    return _csv(f"{key}-series.csv", document.SERIES_COLUMNS, document.series_rows(key, r.series))
+    r = services().runtime.results.results(key)
+    return _csv(f"{key}-series.csv", tables.SERIES_COLUMNS, tables.series_rows(key, r.series))
 
 
 @bp.get("/experiments/<key>/history")
@@ -107,40 +82,26 @@ def history(key: str) -> Response:
     return jsonify(experiment=key, decisions=[document.history_doc(d) for d in decisions])
 
 
-HISTORY_COLUMNS = (
-    "experiment_key", "decided_at", "look", "action", "arm", "actor", "reason", "config_checksum",
-)  # fmt: skip
-
-
 @bp.get("/experiments/<key>/history.csv")
 def history_csv(key: str) -> Response:
-    rows = [
-        (key, d.decided_at, d.look, d.action, d.arm_key, d.actor, d.reason, d.config_checksum)
-        for d in services().runtime.experiments.history(key)
-    ]
-    return _csv(f"{key}-history.csv", HISTORY_COLUMNS, rows)
+    rows = tables.history_rows(key, services().runtime.experiments.history(key))
+    return _csv(f"{key}-history.csv", tables.HISTORY_COLUMNS, rows)
 
 
 @bp.get("/models")
 def models() -> Response:
     web = services()
-    changes = document.registry_changes(web.results.experiments())
+    changes = registry_changes(web.runtime.results.experiments())
     return jsonify(
-        versions=[document.model_doc(v) for v in web.results.model_versions()],
+        versions=[document.model_doc(v) for v in web.runtime.results.model_versions()],
         changes=[document.change_doc(c) for c in changes],
     )
 
 
-MODEL_COLUMNS = ("model", "version", "status", "experiment_key", "created_at", "updated_at")
-
-
 @bp.get("/models.csv")
 def models_csv() -> Response:
-    rows = [
-        (v.model, v.version, v.status, v.experiment_key, v.created_at, v.updated_at)
-        for v in services().results.model_versions()
-    ]
-    return _csv("models.csv", MODEL_COLUMNS, rows)
+    rows = tables.model_rows(services().runtime.results.model_versions())
+    return _csv("models.csv", tables.MODEL_COLUMNS, rows)
 
 
 @health.get("/healthz")

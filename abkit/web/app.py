@@ -1,7 +1,8 @@
 """The Flask application factory: ``create_app(settings, runtime=None, test_config=None)``.
 
-The services the views need live in ``app.extensions["abkit"]`` (a :class:`WebServices`);
-views reach them through :func:`services` and never touch SQL. Errors from the
+The services the views need live in ``app.extensions["abkit"]`` (a
+:class:`~abkit.web.context.WebServices`); views reach them through
+:func:`abkit.web.context.services` and never touch SQL. Errors from the
 :mod:`abkit.errors` tree are translated once, here: 400/401/403/404/409/503 as JSON under
 ``/api/`` and as a page elsewhere (always escaped). For production::
 
@@ -14,10 +15,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from flask import Flask, Response, current_app, jsonify, redirect, render_template, request, url_for
+from flask import Flask, Response, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -31,9 +31,10 @@ from abkit.errors import (
     StoreUnavailableError,
     ValidationError,
 )
-from abkit.results import ResultsService
+from abkit.report import wording
 from abkit.runtime import Runtime
-from abkit.web import auth, wording
+from abkit.web import admin, api, auth, pages
+from abkit.web.context import EXTENSION, WebServices, services
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +51,6 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class WebServices:
-    """What the views use: settings, the runtime's services, the results service, access."""
-
-    settings: Settings
-    runtime: Runtime
-    results: ResultsService
-    access: auth.Access
-
-
-def services() -> WebServices:
-    return cast(WebServices, current_app.extensions["abkit"])
 
 
 def create_app(
@@ -84,12 +71,7 @@ def create_app(
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True
     access = auth.Access(settings.web_token, settings.admin_token, runtime.clock)
-    app.extensions["abkit"] = WebServices(
-        settings=settings,
-        runtime=runtime,
-        results=ResultsService(runtime.store, runtime.clock),
-        access=access,
-    )
+    app.extensions[EXTENSION] = WebServices(settings=settings, runtime=runtime, access=access)
     app.jinja_env.filters.update(
         effect=wording.effect,
         interval=wording.interval,
@@ -106,8 +88,6 @@ def create_app(
         access=access,
         wording=wording,
     )
-
-    from abkit.web import admin, api, pages  # the blueprints import this module
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(admin.bp)

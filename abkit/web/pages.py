@@ -1,8 +1,8 @@
 """The HTML pages: experiments list, experiment results, model registry, login.
 
-Views only read from :class:`~abkit.results.ResultsService` (cached per look) and hand plain
-values to small, escaped templates; every number is the snapshot's, formatted by
-:mod:`abkit.web.wording`.
+Views only read from :class:`~abkit.services.results.ResultsService` (cached per look) and
+hand plain values to small, escaped templates; every number is the snapshot's, formatted by
+:mod:`abkit.report.wording`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,17 @@ from dataclasses import dataclass
 from flask import Blueprint, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from abkit.results import ComparisonView, ExperimentResults, TimelineEntry
-from abkit.web import auth, wording
-from abkit.web.app import services
-from abkit.web.chart import build_chart
-from abkit.web.document import registry_changes
+from abkit.core.decision import Action
+from abkit.core.metrics import MetricKind
+from abkit.core.model import ExperimentStatus
+from abkit.core.snapshot import Role
+from abkit.report import wording
+from abkit.report.chart import build_chart
+from abkit.report.verdict import verdict
+from abkit.services.results import registry_changes
+from abkit.services.views import ComparisonView, ExperimentResults, TimelineEntry
+from abkit.web import auth
+from abkit.web.context import services
 
 bp = Blueprint("pages", __name__)
 
@@ -44,7 +50,7 @@ def group_timeline(entries: Sequence[TimelineEntry]) -> list[TimelineRow]:
     rows: list[TimelineRow] = []
     for entry in entries:
         previous = rows[-1] if rows else None
-        if previous is not None and entry.action == "continue" == previous.last.action:
+        if previous is not None and entry.action == Action.CONTINUE == previous.last.action:
             rows[-1] = TimelineRow(previous.first, entry, previous.count + 1)
         else:
             rows.append(TimelineRow(entry, entry, 1))
@@ -54,8 +60,8 @@ def group_timeline(entries: Sequence[TimelineEntry]) -> list[TimelineRow]:
 @dataclass(frozen=True, slots=True)
 class MetricTable:
     metric: str
-    role: str
-    kind: str
+    role: Role
+    kind: MetricKind | None
     rows: tuple[ComparisonView, ...]
 
     @property
@@ -64,10 +70,10 @@ class MetricTable:
 
 
 def metric_tables(r: ExperimentResults) -> list[MetricTable]:
-    tables: dict[tuple[str, str], list[ComparisonView]] = {}
+    tables: dict[tuple[Role, str], list[ComparisonView]] = {}
     for c in r.comparisons:
         tables.setdefault((c.role, c.metric), []).append(c)
-    ordered = sorted(tables.items(), key=lambda kv: (kv[0][0] != "primary", kv[0][1]))
+    ordered = sorted(tables.items(), key=lambda kv: (kv[0][0] is not Role.PRIMARY, kv[0][1]))
     return [
         MetricTable(metric, role, rows[0].kind, tuple(rows)) for (role, metric), rows in ordered
     ]
@@ -75,7 +81,7 @@ def metric_tables(r: ExperimentResults) -> list[MetricTable]:
 
 def _refresh_seconds(r: ExperimentResults) -> int | None:
     """Running experiments reload themselves about once per look (cheap: cached per look)."""
-    if r.status != "running" or r.look is None:
+    if r.status is not ExperimentStatus.RUNNING or r.look is None:
         return None
     interval = r.look.look_interval_seconds or MAX_REFRESH_SECONDS
     return max(MIN_REFRESH_SECONDS, min(MAX_REFRESH_SECONDS, interval))
@@ -85,16 +91,16 @@ def _refresh_seconds(r: ExperimentResults) -> int | None:
 @bp.get("/experiments")
 def experiments() -> str:
     web = services()
-    listed = web.results.experiments()
+    listed = web.runtime.results.experiments()
     now = web.runtime.clock.now()
-    rows = [(r, wording.verdict(r), wording.running_time(r, now)) for r in listed]
+    rows = [(r, verdict(r), wording.running_time(r, now)) for r in listed]
     return render_template("experiments.html", rows=rows, now=now)
 
 
 @bp.get("/experiments/<key>")
 def experiment(key: str) -> str:
     web = services()
-    r = web.results.results(key)
+    r = web.runtime.results.results(key)
     now = web.runtime.clock.now()
     charts = [(s, build_chart(s, r.timeline)) for s in r.series]
     done = request.args.get("done", "")
@@ -102,7 +108,7 @@ def experiment(key: str) -> str:
         "experiment.html",
         r=r,
         now=now,
-        verdict=wording.verdict(r),
+        verdict=verdict(r),
         tables=metric_tables(r),
         charts=charts,
         timeline=group_timeline(r.timeline),
@@ -117,11 +123,11 @@ def experiment(key: str) -> str:
 @bp.get("/models")
 def models() -> str:
     web = services()
-    versions = web.results.model_versions()
+    versions = web.runtime.results.model_versions()
     by_model: dict[str, list[object]] = {}
     for v in versions:
         by_model.setdefault(v.model, []).append(v)
-    changes = registry_changes(web.results.experiments())
+    changes = registry_changes(web.runtime.results.experiments())
     return render_template("models.html", by_model=by_model, changes=changes)
 
 

@@ -1,7 +1,7 @@
 """Benchmark: gRPC Assign and AssignBatch of an abkit server against an empty-handler server.
 
 The servers run as separate processes on this machine, the same thread-pool gRPC server, the
-same service and message types; the baseline's handlers do nothing (``abkit.loadtest``). abkit
+same service and message types; the baseline's handlers do nothing (``abkit.tools.loadtest``). abkit
 runs as ``abkit grpc`` with exposure logging into PostgreSQL, in two configurations:
 
 * **default** -- no exporter configured: the caller's trace context is read and every row gets
@@ -45,8 +45,8 @@ from pathlib import Path
 
 from common import scratch_database
 
-from abkit.loadtest import run_load
 from abkit.rpc.processes import reserve_port
+from abkit.tools.loadtest import run_load
 from abkit.v1 import assignment_pb2 as pb
 
 ROOT = Path(__file__).parents[2]
@@ -148,7 +148,7 @@ def run(
         [sys.executable, "-m", "abkit", "grpc", "--address", "127.0.0.1:0"],
         {**env, "OTEL_TRACES_SAMPLER": "always_on", "ABKIT_SPOOL_DIR": str(work / "spool-2")},
     )
-    base_proc, base_port = start([sys.executable, "-m", "abkit.loadtest", "127.0.0.1:0"], env)
+    base_proc, base_port = start([sys.executable, "-m", "abkit.tools.loadtest", "127.0.0.1:0"], env)
     servers += [abkit_proc, traced_proc, base_proc]
     # The same two servers with one process per core (--processes), the port shared with
     # SO_REUSEPORT: the baseline's processes bind one reserved port the same way.
@@ -164,7 +164,7 @@ def run(
     multi_base_port = reserved.getsockname()[1]
     for _ in range(args.processes):
         proc, _ = start(
-            [sys.executable, "-m", "abkit.loadtest", f"127.0.0.1:{multi_base_port}"], env
+            [sys.executable, "-m", "abkit.tools.loadtest", f"127.0.0.1:{multi_base_port}"], env
         )
         servers.append(proc)
     single = work / "assign.bin"

@@ -6,7 +6,7 @@ query and two baselines are timed (interleaved, ``--repeats`` times), then the s
 grown to 10,000,000 units and 50,000,000 events and timed again. The goal (issue #8): abkit's
 query within 1.5x of a bare per-unit GROUP BY over the same rows at both sizes, and time growing
 no worse than linearly (10x the rows, at most ~10x the time). Finally one real worker look --
-``abkit.decisions.DecisionService.look`` in a fresh process -- runs against the 10M-unit
+``abkit.services.decisions.DecisionService.look`` in a fresh process -- runs against the 10M-unit
 experiment and its peak resident memory (VmHWM) is read from /proc.
 
     .venv/bin/python tests/benchmarks/bench_scale.py [--small 1000000] [--large 10000000]
@@ -45,8 +45,8 @@ POLICY = {
 }
 LOOK = r"""
 import json, sys, time
-from abkit.clock import SystemClock
-from abkit.decisions import DecisionService
+from abkit.infra.clock import SystemClock
+from abkit.services.decisions import DecisionService
 from abkit.store.sql import SqlStore
 store = SqlStore.from_url(sys.argv[1])
 started = time.perf_counter()

@@ -27,9 +27,9 @@ from common import scratch_database
 
 from abkit.config import Settings
 from abkit.core.assignment import Exposure
+from abkit.infra.writer import BufferedWriter
 from abkit.store.engine import create_store_engine
 from abkit.store.sql import SqlStore
-from abkit.writer import BufferedWriter
 
 COLUMNS = (
     "experiment_key", "unit_id", "arm_key", "model_version", "config_checksum", "exposed_at",

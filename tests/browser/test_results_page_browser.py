@@ -25,10 +25,11 @@ from typing import Any
 import pytest
 
 from abkit.config import Settings
-from abkit.decisions import DecisionService
+from abkit.report import wording
 from abkit.runtime import Runtime
+from abkit.services.decisions import DecisionService
 from abkit.store.sql import SqlStore
-from abkit.web import create_app, wording
+from abkit.web import create_app
 from abkit.web.server import WebServer
 from tests.helpers import T0, Clock, setup, traffic
 

@@ -322,3 +322,26 @@ def test_loadtest_reports_abkit_against_the_empty_baseline(sql_url: str, tmp_pat
     results = json.loads(report.read_text())
     assert [r["requests"] for r in results] == [300, 300]
     assert all(r["errors"] == 0 and r["p999_ms"] >= r["p50_ms"] > 0 for r in results)
+
+
+def test_errors_speak_the_command_line_s_words(sql_url: str, tmp_path: Path) -> None:
+    """Inner layers name the problem; the CLI names the flag or command that fixes it."""
+    from datetime import UTC, datetime, timedelta
+
+    from abkit.store.sql import SqlStore
+
+    abkit("experiment", "apply", "-f", str(EXAMPLE), "--start", url=sql_url)
+    store = SqlStore.from_url(sql_url)
+    with store.engine.begin() as conn:  # started long ago: pruning would change its analysis
+        started = (datetime.now(UTC) - timedelta(days=400)).isoformat()
+        conn.exec_driver_sql(f"UPDATE experiments SET started_at = '{started}'")
+    store.close()
+    running = abkit("prune", "--older-than", "180d", url=sql_url, check=False)
+    assert running.returncode == 4 and "pass --include-running" in running.stderr
+    missing = abkit("experiment", "show", "nope", url=sql_url, check=False)
+    assert missing.returncode == 3
+    assert "does not exist; `abkit experiment list` shows the experiments" in missing.stderr
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    unmigrated = abkit("experiment", "list", url=empty, check=False)
+    assert unmigrated.returncode == 5 and "migrate it" in unmigrated.stderr
+    assert unmigrated.stderr.rstrip().endswith("run `abkit db upgrade`")

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from abkit.decisions import DecisionService
 from abkit.errors import ConflictError
-from abkit.notify import WebhookNotifier
+from abkit.infra.notify import WebhookNotifier
 from abkit.ports import Store
+from abkit.services.decisions import DecisionService
 from abkit.store.sql import SqlStore
 from tests.helpers import POLICY, T0, Clock, setup, traffic
 
@@ -97,7 +97,7 @@ def test_a_store_failure_during_a_look_is_a_recorded_hold_never_a_promote(sql_ur
         with store.engine.begin() as conn:
             conn.exec_driver_sql("ALTER TABLE events_away RENAME TO events")
     assert outcome is not None and outcome.record.action == "hold"
-    assert "run `abkit db upgrade`" in outcome.record.reason
+    assert "migrate it to the latest revision" in outcome.record.reason
     assert outcome.record.snapshot["error"]
     with store.transaction() as tx:
         exp = tx.experiments.get("ranker-v2").experiment
@@ -220,7 +220,7 @@ def test_each_look_is_a_span_with_the_decision_as_an_event(sqlite_url: str) -> N
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from abkit.metrics import WorkerMetrics
+    from abkit.infra.instruments import WorkerMetrics
     from abkit.worker import Worker
 
     store = SqlStore.from_url(sqlite_url)
@@ -262,3 +262,53 @@ def test_each_look_is_a_span_with_the_decision_as_an_event(sqlite_url: str) -> N
     store.close()
     tracer_provider.shutdown()
     meters.shutdown()
+
+
+def test_a_hold_carries_the_monitor_state_to_the_next_look(sql_url: str) -> None:
+    """A group-sequential design must not restart (and spend its alpha again) after a hold."""
+    store = SqlStore.from_url(sql_url)
+    clock = Clock(T0 + timedelta(hours=2))
+    setup(store, clock, {**POLICY, "mode": "group_sequential", "max_units": 40_000})
+    traffic(store, units=2000, lift=0.0, seed=11)
+    decisions = DecisionService(store, clock)
+    first = decisions.look("ranker-v2")
+    assert first is not None and first.record.action == "continue"
+    state = first.record.snapshot["state"]
+    assert state["group_sequential"]["conversion/candidate"]["fractions"]
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE events RENAME TO events_away")
+    clock.value += timedelta(minutes=2)
+    try:
+        held = decisions.look("ranker-v2")
+    finally:
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE events_away RENAME TO events")
+    assert held is not None and held.record.action == "hold"
+    assert held.record.snapshot["state"] == state
+    traffic(store, units=2000, lift=0.0, seed=12, start=2000)
+    clock.value += timedelta(minutes=2)
+    third = decisions.look("ranker-v2")
+    assert third is not None and third.analysis is not None
+    fractions = third.analysis.state.group_sequential["conversion/candidate"].fractions
+    assert len(fractions) == 2  # the first look's fraction, then this one: the design went on
+    store.close()
+
+
+def test_a_stored_policy_that_no_longer_validates_is_a_recorded_hold(sql_url: str) -> None:
+    store = SqlStore.from_url(sql_url)
+    clock = Clock(T0 + timedelta(hours=2))
+    setup(store, clock)
+    with store.engine.begin() as conn:  # e.g. written by another version, or edited by hand
+        conn.exec_driver_sql(
+            """UPDATE experiments SET policy = '{"primary": {"metric": "conversion"}}'"""
+        )
+    with store.transaction() as tx:
+        record = tx.experiments.get("ranker-v2")  # one bad row does not stop the store
+    assert record.policy is None and record.policy_error is not None
+    assert "policy.primary.kind" in record.policy_error
+    decisions = DecisionService(store, clock)
+    assert decisions.due() == ["ranker-v2"]
+    outcome = decisions.look("ranker-v2")
+    assert outcome is not None and outcome.record.action == "hold"
+    assert "policy.primary.kind: is required" in outcome.record.reason
+    store.close()

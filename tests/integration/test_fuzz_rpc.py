@@ -23,10 +23,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from abkit.config import Settings
 from abkit.core.limits import MAX_BATCH
 from abkit.core.spec import experiment_from_dict
-from abkit.rpc import build_server
+from abkit.infra.telemetry import Telemetry
+from abkit.rpc.server import build_server
 from abkit.runtime import Runtime
 from abkit.store.sql import SqlStore
-from abkit.telemetry import Telemetry
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc
 from tests.helpers import EXPERIMENT

@@ -19,10 +19,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from abkit.config import Settings
 from abkit.core.spec import experiment_from_dict
-from abkit.rpc import GrpcServer, build_server
+from abkit.infra.telemetry import Telemetry
+from abkit.rpc.server import GrpcServer, build_server
 from abkit.runtime import Runtime
 from abkit.store.sql import SqlStore
-from abkit.telemetry import Telemetry
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc
 
@@ -319,7 +319,7 @@ def test_health_is_not_serving_until_the_config_has_loaded(tmp_path: object) -> 
 
 def test_unrecorded_spans_still_stamp_rows_with_the_callers_trace(sqlite_url: str) -> None:
     # With no exporter configured, spans are not recorded, but ids must still flow to the rows.
-    from abkit import telemetry
+    from abkit.infra import telemetry
 
     settings = Settings(database_url=sqlite_url, writer_flush_seconds=0.02)
     tel = telemetry.build(settings)

@@ -17,13 +17,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from abkit.clock import SystemClock
 from abkit.core.assignment import Exposure
 from abkit.core.spec import experiment_from_dict
+from abkit.infra.clock import SystemClock
+from abkit.infra.spool import Spool
 from abkit.rpc.processes import adopt_orphan_spools, process_spool
 from abkit.runtime import _decode_exposure, _encode
-from abkit.services import ExperimentService
-from abkit.spool import Spool
+from abkit.services.experiments import ExperimentService
 from abkit.store.sql import SqlStore
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc

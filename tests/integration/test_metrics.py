@@ -13,10 +13,10 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from abkit.config import Settings
 from abkit.core.spec import experiment_from_dict
-from abkit.rpc import build_server
+from abkit.infra.telemetry import Telemetry
+from abkit.rpc.server import build_server
 from abkit.runtime import Runtime
 from abkit.store.sql import SqlStore
-from abkit.telemetry import Telemetry
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc
 from tests.helpers import EXPERIMENT
@@ -81,21 +81,23 @@ def test_counts_match_a_burst_of_rpcs(sqlite_url: str) -> None:
         ("Track", 0): 25,
         ("Track", 3): 1,
     }
-    written = {p.attributes["abkit.writer"]: p.value for p in found["abkit.records.written"]}
+    written = {p.attributes["abkit.infra.writer"]: p.value for p in found["abkit.records.written"]}
     assert written == {"exposures": 100, "events": 25}
-    assert {p.attributes["abkit.writer"]: p.value for p in found["abkit.records.dropped"]} == {
+    assert {
+        p.attributes["abkit.infra.writer"]: p.value for p in found["abkit.records.dropped"]
+    } == {
         "exposures": 0,
         "events": 0,
     }
     assert [p.value for p in found["abkit.store.up"]] == [1]
-    assert sum(p.value for p in found["abkit.writer.queue_depth"]) == 0
+    assert sum(p.value for p in found["abkit.infra.writer.queue_depth"]) == 0
 
 
 def test_the_prometheus_endpoint_serves_the_same_metrics(sqlite_url: str) -> None:
     import socket
     import urllib.request
 
-    from abkit import telemetry
+    from abkit.infra import telemetry
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,8 @@ from abkit.core.hashing import pseudonym
 from abkit.core.model import Event
 from abkit.core.spec import experiment_from_dict
 from abkit.errors import ConflictError
-from abkit.services import ExperimentService, PrivacyService
+from abkit.services.experiments import ExperimentService
+from abkit.services.privacy import PrivacyService
 from abkit.store.schema import Base
 from abkit.store.sql import SqlStore
 from tests.helpers import EXPERIMENT, T0, Clock
@@ -113,9 +114,9 @@ def test_pseudonymised_ids_are_stored_but_assignment_uses_the_raw_id(sqlite_url:
 
     from abkit.client import Client
     from abkit.config import Settings
-    from abkit.rpc import build_server
+    from abkit.infra.telemetry import Telemetry
+    from abkit.rpc.server import build_server
     from abkit.runtime import Runtime
-    from abkit.telemetry import Telemetry
 
     plain_db = sqlite_url.removeprefix("sqlite:///")
     hmac_db = plain_db.replace(".db", "-hmac.db")

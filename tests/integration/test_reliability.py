@@ -27,12 +27,12 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from abkit.config import Settings
 from abkit.core.spec import experiment_from_dict
-from abkit.rpc import build_server
+from abkit.infra.telemetry import Telemetry
+from abkit.rpc.server import build_server
 from abkit.runtime import Runtime
 from abkit.store import migrate
 from abkit.store.engine import create_store_engine
 from abkit.store.sql import SqlStore
-from abkit.telemetry import Telemetry
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc
 from tests.helpers import EXPERIMENT
@@ -228,8 +228,8 @@ def test_sigterm_under_load_exits_zero_and_keeps_everything_acknowledged(
     pg_url: str, tmp_path: Path
 ) -> None:
     store = SqlStore.from_url(pg_url)
-    from abkit.clock import SystemClock
-    from abkit.services import ExperimentService
+    from abkit.infra.clock import SystemClock
+    from abkit.services.experiments import ExperimentService
 
     ExperimentService(store, SystemClock()).apply(
         experiment_from_dict(EXPERIMENT), actor="t", start=True
@@ -278,8 +278,8 @@ def test_sigterm_under_load_exits_zero_and_keeps_everything_acknowledged(
 
 def test_three_replicas_write_one_first_exposure_per_unit(pg_url: str, tmp_path: Path) -> None:
     store = SqlStore.from_url(pg_url)
-    from abkit.clock import SystemClock
-    from abkit.services import ExperimentService
+    from abkit.infra.clock import SystemClock
+    from abkit.services.experiments import ExperimentService
 
     ExperimentService(store, SystemClock()).apply(
         experiment_from_dict(EXPERIMENT), actor="t", start=True

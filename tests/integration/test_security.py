@@ -20,10 +20,10 @@ from abkit.client import Client
 from abkit.config import Settings
 from abkit.core.model import Reason
 from abkit.core.spec import experiment_from_dict
-from abkit.rpc import GrpcServer, build_server
+from abkit.infra.telemetry import Telemetry
+from abkit.rpc.server import GrpcServer, build_server
 from abkit.runtime import Runtime
 from abkit.store.sql import SqlStore
-from abkit.telemetry import Telemetry
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc
 from tests.helpers import EXPERIMENT

@@ -2,8 +2,8 @@
 
 ``tests/fixtures/snapshots/store.json`` is an audit trail written by the code of the commit that
 added it (schema 1: untyped snapshots without a ``schema_version``); ``rendered/`` holds what
-``abkit results`` and the results pages showed for it then (see ``generate_v1.py`` there). The
-current code must read the same rows and print the same text, JSON, CSV and HTML.
+``abkit results`` and the results pages showed for it then (see the README there). The current
+code must read the same rows and print the same text, JSON, CSV and HTML.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 
 from abkit.config import Settings
-from abkit.core.model import ExperimentStatus
+from abkit.core.model import ExperimentStatus, ModelStatus
+from abkit.core.policy_document import policy_from_dict
 from abkit.core.spec import experiment_from_dict
 from abkit.ports import DecisionRecord, ExperimentRecord, ModelVersion, Store
-from abkit.results import ResultsService
+from abkit.report import document, tables, text
 from abkit.runtime import Runtime
-from abkit.web import create_app, document, wording
+from abkit.web import create_app
 from tests.helpers import Clock
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "snapshots"
@@ -50,7 +51,7 @@ def load_fixture(store: Store) -> Clock:
                 updated_at=_time(e["updated_at"]),  # type: ignore[arg-type]
                 started_at=_time(e["started_at"]),
                 concluded_at=_time(e["concluded_at"]),
-                policy=e["policy"],
+                policy=policy_from_dict(e["policy"]),
             )
             tx.experiments.save(record, expected_revision=None)
             for d in e["decisions"]:
@@ -71,7 +72,7 @@ def load_fixture(store: Store) -> Clock:
             version = ModelVersion(
                 m["model"],
                 m["version"],
-                m["status"],
+                ModelStatus(m["status"]),
                 _time(m["created_at"]),  # type: ignore[arg-type]
                 _time(m["updated_at"]),  # type: ignore[arg-type]
                 m["experiment_key"],
@@ -98,13 +99,13 @@ KEYS = ("ranker-v2", "ranker-gs", "ranker-3arm")
 @pytest.mark.parametrize("key", KEYS)
 def test_abkit_results_renders_an_old_snapshot_as_it_did(store: Store, key: str) -> None:
     clock = load_fixture(store)
-    results = ResultsService(store, clock).results(key)
+    results = Runtime(Settings(database_url="sqlite://"), store, clock).results.results(key)
     now = clock.now()
-    assert wording.results_text(results, now) + "\n" == rendered(f"{key}.txt")
+    assert text.results_text(results, now) + "\n" == rendered(f"{key}.txt")
     assert json.dumps(document.results_doc(results, now), indent=2, ensure_ascii=False) == rendered(
         f"{key}.json"
     )
-    assert document.csv_text(document.RESULTS_COLUMNS, document.results_rows(results)) == rendered(
+    assert tables.csv_text(tables.RESULTS_COLUMNS, tables.results_rows(results)) == rendered(
         f"{key}.csv"
     )
 

@@ -9,6 +9,7 @@ import pytest
 
 from abkit.core.assignment import Exposure
 from abkit.core.model import Event, ExperimentStatus
+from abkit.core.policy_document import policy_from_dict
 from abkit.core.spec import experiment_from_dict
 from abkit.errors import ConflictError, NotFoundError
 from abkit.ports import DecisionRecord, ExperimentRecord, Store
@@ -31,6 +32,11 @@ DOC = {
 }
 
 
+POLICY = policy_from_dict(
+    {"primary": {"metric": "conversion", "kind": "binary"}, "alpha": 0.05, "ramp": [0.1, 1.0]}
+)
+
+
 def record(doc: dict[str, object] = DOC, **kwargs: object) -> ExperimentRecord:
     return ExperimentRecord(
         experiment_from_dict(doc),
@@ -43,7 +49,7 @@ def record(doc: dict[str, object] = DOC, **kwargs: object) -> ExperimentRecord:
 
 def test_experiment_round_trip(store: Store) -> None:
     with store.transaction() as tx:
-        saved = tx.experiments.save(record(policy={"alpha": 0.05}), expected_revision=None)
+        saved = tx.experiments.save(record(policy=POLICY), expected_revision=None)
     assert saved.revision == 1
     with store.transaction() as tx:
         loaded = tx.experiments.get("ranker-v2")
@@ -52,7 +58,7 @@ def test_experiment_round_trip(store: Store) -> None:
     assert loaded == saved
     assert loaded.experiment.config_checksum == saved.experiment.config_checksum
     assert loaded.created_at == T0 and loaded.created_at.tzinfo is not None
-    assert loaded.policy == {"alpha": 0.05}
+    assert loaded.policy == POLICY
 
 
 def test_create_twice_conflicts(store: Store) -> None:

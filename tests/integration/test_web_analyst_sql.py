@@ -20,8 +20,8 @@ from abkit.config import Settings
 from abkit.core.metrics import Metric, MetricKind
 from abkit.core.model import Event
 from abkit.core.stats import ArmSummary, SequentialMonitor
-from abkit.decisions import DecisionService
 from abkit.runtime import Runtime
+from abkit.services.decisions import DecisionService
 from abkit.store.schema import UTCDateTime
 from abkit.store.sql import SqlStore
 from abkit.web import create_app

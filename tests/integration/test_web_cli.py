@@ -21,7 +21,7 @@ from typing import IO
 
 import pytest
 
-from abkit.decisions import DecisionService
+from abkit.services.decisions import DecisionService
 from abkit.store.sql import SqlStore
 from tests.helpers import T0, Clock, setup, traffic
 
@@ -201,3 +201,24 @@ def test_a_busy_or_malformed_web_address_exits_2(served: str) -> None:
             assert result.returncode == 2 and "cannot listen" in result.stderr, result.stderr
     malformed = abkit("web", "--address", "nonsense", url=served)
     assert malformed.returncode == 2 and "host:port" in malformed.stderr
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_abkit_results_never_imports_the_web_framework(decided: str, fmt: str) -> None:
+    """The report is not web code: rendering it loads neither Flask nor Werkzeug."""
+    script = (
+        "import sys\n"
+        "from abkit.cli import main\n"
+        "try:\n"
+        f"    main(['--database-url', {decided!r}, 'results', {KEY!r}, '--format', {fmt!r}])\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "web = sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'werkzeug'))\n"
+        "print('WEB MODULES:', ','.join(web), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert KEY in done.stdout and "abkit.web" not in done.stderr
+    assert done.stderr.strip().endswith("WEB MODULES:")

@@ -14,15 +14,16 @@ from flask.testing import FlaskClient
 
 from abkit.config import Settings
 from abkit.core.spec import experiment_from_dict
-from abkit.decisions import DecisionService
 from abkit.ports import DecisionRecord, Store
-from abkit.results import ResultsService, build_results
+from abkit.report import wording
+from abkit.report.chart import BOTTOM, MAX_POINTS, TOP, build_chart
 from abkit.runtime import Runtime
-from abkit.services import ExperimentService
+from abkit.services.decisions import DecisionService
+from abkit.services.experiments import ExperimentService
+from abkit.services.results import ResultsService, build_results
 from abkit.store.memory import MemoryStore
 from abkit.store.sql import SqlStore
-from abkit.web import create_app, wording
-from abkit.web.chart import BOTTOM, MAX_POINTS, TOP, build_chart
+from abkit.web import create_app
 from tests.helpers import EXPERIMENT, T0, Clock, setup, traffic
 
 KEY = "ranker-v2"

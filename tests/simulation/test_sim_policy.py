@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import numpy as np
 import pytest
 
 from abkit.core.analysis import analyze
+from abkit.core.decision import Action
 from abkit.core.model import Arm, Experiment, ExperimentStatus
-from abkit.core.policy import Action, decide, policy_from_dict
+from abkit.core.policy_document import policy_from_dict
+from abkit.core.rules import decide
+from abkit.core.snapshot import MonitorStates
 from abkit.core.stats import ArmSummary
 
 pytestmark = pytest.mark.slow
@@ -88,7 +90,7 @@ class Arms:
 def run(seed: int, lift: float, latency_harm: float) -> tuple[Action, str | None, int]:
     rng = np.random.default_rng(seed)
     arms = Arms()
-    state: dict[str, Any] | None = None
+    state: MonitorStates | None = None
     for look in range(1, LOOKS + 1):
         arms.grow(rng, lift, latency_harm)
         now = T0 + timedelta(hours=look)
@@ -96,7 +98,7 @@ def run(seed: int, lift: float, latency_harm: float) -> tuple[Action, str | None
             EXPERIMENT, POLICY, arms.summaries(), state, look=look, at=now, started_at=T0
         )
         decision = decide(analysis, POLICY, now)
-        state = dict(analysis.state)
+        state = analysis.state
         if decision.action.terminal:
             return decision.action, decision.arm, look
     return Action.CONTINUE, None, LOOKS

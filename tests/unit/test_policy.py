@@ -7,9 +7,13 @@ from typing import Any
 
 import pytest
 
-from abkit.core.analysis import Analysis, analyze, failed
+from abkit.core.analysis import analyze, failed
+from abkit.core.decision import Action
 from abkit.core.model import Arm, Experiment, ExperimentStatus
-from abkit.core.policy import Action, Policy, decide, policy_from_dict, policy_to_dict
+from abkit.core.policy import Policy
+from abkit.core.policy_document import policy_from_dict, policy_to_dict
+from abkit.core.rules import decide
+from abkit.core.snapshot import Analysis, MonitorStates
 from abkit.core.stats import ArmSummary
 from abkit.errors import ValidationError
 
@@ -62,7 +66,7 @@ def look(
     p: Policy | None = None,
     experiment: Experiment = EXPERIMENT,
     hours: float = 24,
-    state: dict[str, Any] | None = None,
+    state: MonitorStates | None = None,
 ) -> tuple[Analysis, Policy, datetime]:
     p = p or policy()
     lat = lat or {arm: (n, 100.0) for arm, (n, _) in conv.items()}
@@ -176,13 +180,13 @@ def test_hold_when_the_analysis_failed() -> None:
 
 
 def test_hold_when_confidence_sequences_stop_overlapping() -> None:
-    state = {
+    state = MonitorStates.from_dict({
         "monitors": {
             "conversion/candidate": {
                 "looks": 5, "p_value": 0.2, "ci_low": 0.05, "ci_high": 0.08, "n_total": 1000,
             }
         }
-    }  # fmt: skip
+    })  # fmt: skip
     analysis, p, now = look({"control": (20_000, 0.10), "candidate": (20_000, 0.10)}, state=state)
     decision = decide(analysis, p, now)
     assert decision.action is Action.HOLD

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from abkit.errors import StoreUnavailableError
-from abkit.spool import Spool
-from abkit.writer import BufferedWriter
+from abkit.infra.spool import Spool
+from abkit.infra.writer import BufferedWriter
 
 
 class RecordingSink:
@@ -177,7 +177,7 @@ def test_replaying_a_segment_twice_stores_nothing_twice(tmp_path: Path) -> None:
 
 
 def test_one_process_per_spool(tmp_path: Path) -> None:
-    from abkit.spool import SpoolInUse
+    from abkit.infra.spool import SpoolInUse
 
     first = _spool(tmp_path / "spool")
     with pytest.raises(SpoolInUse, match="ABKIT_SPOOL_DIR"):

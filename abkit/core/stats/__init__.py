@@ -47,7 +47,7 @@ from abkit.core.stats.sequential import (
     sequential_test,
 )
 from abkit.core.stats.srm import SRM_THRESHOLD, SrmResult, sequential_srm_test, srm_test
-from abkit.core.stats.summary import ArmSummary, RatioSummary
+from abkit.core.stats.summary import ArmSummary, RatioSummary, Summary
 
 __all__ = [
     "DEFAULT_N_STAR",
@@ -67,6 +67,7 @@ __all__ = [
     "SequentialConfig",
     "SequentialMonitor",
     "SrmResult",
+    "Summary",
     "TestResult",
     "TestStatus",
     "adjust_p_values",

@@ -22,10 +22,8 @@ import math
 from dataclasses import dataclass
 
 from abkit.core.stats.result import Method, TestStatus
-from abkit.core.stats.summary import ArmSummary, RatioSummary
+from abkit.core.stats.summary import ArmSummary, RatioSummary, Summary
 from abkit.errors import ValidationError
-
-Summary = ArmSummary | RatioSummary
 
 
 @dataclass(frozen=True, slots=True)

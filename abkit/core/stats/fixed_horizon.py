@@ -36,8 +36,9 @@ import math
 
 from scipy import special
 
-from abkit.core.stats.effect import Effect, Summary, estimate_effect
+from abkit.core.stats.effect import Effect, estimate_effect
 from abkit.core.stats.result import Method, TestResult, TestStatus, uninformative
+from abkit.core.stats.summary import Summary
 from abkit.errors import ValidationError
 
 

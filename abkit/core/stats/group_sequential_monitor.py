@@ -26,9 +26,10 @@ from dataclasses import dataclass
 
 from scipy import special
 
-from abkit.core.stats.effect import Summary, estimate_effect
+from abkit.core.stats.effect import estimate_effect
 from abkit.core.stats.group_sequential import GroupSequentialDesign, Spending
 from abkit.core.stats.result import TestStatus
+from abkit.core.stats.summary import Summary
 from abkit.errors import ValidationError
 
 

@@ -36,6 +36,7 @@ class Method(StrEnum):
     CUPED_WELCH_T = "cuped_welch_t"  # CUPED-adjusted difference, Welch df on adjusted variances
     DELTA_Z = "delta_z"  # relative lift or ratio metric: delta-method normal interval
     MSPRT = "msprt"  # mixture SPRT / asymptotic confidence sequence
+    GROUP_SEQUENTIAL = "group_sequential"  # Lan-DeMets spending boundaries, repeated CI
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,9 +57,10 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from abkit.core.stats.effect import Summary, estimate_effect
+from abkit.core.stats.effect import estimate_effect
 from abkit.core.stats.fixed_horizon import check_alpha
 from abkit.core.stats.result import Method, TestResult, TestStatus, uninformative
+from abkit.core.stats.summary import Summary
 from abkit.errors import ValidationError
 
 DEFAULT_N_STAR = 5000.0

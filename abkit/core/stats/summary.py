@@ -267,3 +267,7 @@ class RatioSummary:
         s_bb = self.denominator.variance
         unit = (s_aa - 2.0 * ratio * self.covariance + ratio * ratio * s_bb) / (den_mean * den_mean)
         return max(unit, 0.0)
+
+
+Summary = ArmSummary | RatioSummary
+"""Either shape: what the store hands over per arm and metric."""

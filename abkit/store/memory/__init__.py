@@ -16,7 +16,8 @@ from datetime import datetime
 
 from abkit.core.assignment import Exposure
 from abkit.core.metrics import Metric
-from abkit.core.model import Event
+from abkit.core.model import Event, ModelStatus
+from abkit.core.stats import Summary
 from abkit.errors import ConflictError, NotFoundError, StoreUnavailableError
 from abkit.ports import (
     AuditEntry,
@@ -24,7 +25,6 @@ from abkit.ports import (
     DecisionRecord,
     ExperimentRecord,
     ModelVersion,
-    Summary,
 )
 from abkit.store.memory import analysis
 
@@ -61,9 +61,7 @@ class MemoryExperiments:
     def get(self, key: str) -> ExperimentRecord:
         record = self.find(key)
         if record is None:
-            raise NotFoundError(
-                f"experiment {key!r} does not exist; `abkit experiment list` shows them"
-            )
+            raise NotFoundError(f"experiment {key!r} does not exist")
         return record
 
     def list(self) -> list[ExperimentRecord]:
@@ -216,14 +214,17 @@ class MemoryModels:
     ) -> ModelVersion:
         return self._s.models.setdefault(
             (model, version),
-            ModelVersion(model, version, "candidate", now, now, experiment_key),
+            ModelVersion(model, version, ModelStatus.CANDIDATE, now, now, experiment_key),
         )
 
-    def set_status(self, model: str, version: str, status: str, *, now: datetime) -> ModelVersion:
+    def set_status(
+        self, model: str, version: str, status: ModelStatus, *, now: datetime
+    ) -> ModelVersion:
+        status = ModelStatus(status)  # as the SQL store, which keeps the value
         current = self._s.models.get((model, version))
         if current is None:
             raise NotFoundError(f"model {model!r} has no version {version!r} in the registry")
-        if status == "live":
+        if status is ModelStatus.LIVE:
             other = self.live(model)
             if other is not None and other.version != version:
                 raise ConflictError(f"model {model!r} already has a live version {other.version!r}")
@@ -237,7 +238,12 @@ class MemoryModels:
 
     def live(self, model: str) -> ModelVersion | None:
         return next(
-            (v for v in self._s.models.values() if v.model == model and v.status == "live"), None
+            (
+                v
+                for v in self._s.models.values()
+                if v.model == model and v.status is ModelStatus.LIVE
+            ),
+            None,
         )
 
 

@@ -13,8 +13,8 @@ from typing import Any
 from abkit.core.assignment import Exposure
 from abkit.core.metrics import Metric, MetricKind
 from abkit.core.model import Event
-from abkit.core.stats import ArmSummary, RatioSummary
-from abkit.ports import DailySummaries, Summary
+from abkit.core.stats import ArmSummary, RatioSummary, Summary
+from abkit.ports import DailySummaries
 
 
 def _unit_value(kind: MetricKind, events: Iterable[Event]) -> float:

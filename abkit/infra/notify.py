@@ -66,7 +66,8 @@ def _post(notification: Notification, timeout: float = 5.0) -> None:
 
 
 class WebhookNotifier:
-    """A decision listener (see :class:`abkit.decisions.DecisionService`) that posts webhooks."""
+    """A decision listener (see :class:`abkit.services.decisions.DecisionService`) that posts
+    webhooks."""
 
     def __init__(
         self,
@@ -91,7 +92,7 @@ class WebhookNotifier:
         self._thread.start()
 
     def __call__(self, record: ExperimentRecord, decision: DecisionRecord) -> None:
-        url = (record.policy or {}).get("webhook")
+        url = record.policy.webhook if record.policy is not None else None
         previous = self._last_action.get(record.key)
         self._last_action[record.key] = decision.action
         if not url or decision.action not in NOTIFIED_ACTIONS:

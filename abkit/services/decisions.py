@@ -5,7 +5,7 @@ write lock:
 
 1. **read** the experiment, its policy and the previous look (monitor state, look number);
 2. **analyse** -- per-arm sufficient statistics from the store, then the pure
-   :func:`~abkit.core.analysis.analyze` and :func:`~abkit.core.policy.decide`. Any failure here
+   :func:`~abkit.core.analysis.analyze` and :func:`~abkit.core.rules.decide`. Any failure here
    (store unreachable, broken data, a bug) becomes a **hold** that is recorded: the experiment
    keeps running unchanged and nothing is ever promoted on missing data;
 3. **apply** -- in one transaction: record the decision with its look number and full statistics
@@ -21,14 +21,16 @@ Manual controls (promote, rollback) take the same path, audited with the actor's
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from abkit.core.analysis import Analysis, analysis_to_dict, analyze, failed
-from abkit.core.model import Experiment, ExperimentStatus
-from abkit.core.policy import Action, Decision, Policy, decide, policy_from_dict, policy_to_dict
+from abkit.core.analysis import analyze, failed
+from abkit.core.decision import Action, Decision
+from abkit.core.model import Experiment, ExperimentStatus, ModelStatus
+from abkit.core.rules import decide
+from abkit.core.snapshot import Analysis, LookSnapshot, ManualAction, read_look
 from abkit.errors import AbkitError, ConflictError, StoreUnavailableError, ValidationError
 from abkit.ports import Clock, DecisionRecord, ExperimentRecord, Store, Transaction
 
@@ -63,12 +65,12 @@ class DecisionService:
         keys = []
         with self._store.transaction() as tx:
             for record in tx.experiments.list():
-                if record.experiment.status is not ExperimentStatus.RUNNING or not record.policy:
+                if record.experiment.status is not ExperimentStatus.RUNNING:
                     continue
-                try:
-                    policy = policy_from_dict(record.policy)
-                except ValidationError:
-                    keys.append(record.key)  # the look records why it cannot run
+                policy = record.policy
+                if policy is None:
+                    if record.policy_error is not None:
+                        keys.append(record.key)  # the look records why it cannot run
                     continue
                 last = tx.decisions.last_look(record.key)
                 interval = timedelta(seconds=policy.look_interval_seconds)
@@ -85,38 +87,26 @@ class DecisionService:
             record = tx.experiments.get(key)
             last = tx.decisions.last_look(key)
         experiment = record.experiment
-        if experiment.status is not ExperimentStatus.RUNNING or not record.policy:
+        if experiment.status is not ExperimentStatus.RUNNING or (
+            record.policy is None and record.policy_error is None
+        ):
             return None
         look = (last.look or 0) + 1 if last is not None else 1
-        previous = dict(last.snapshot) if last is not None else {}
-        policy: Policy | None = None
-        try:
-            policy = policy_from_dict(record.policy)
-            with self._store.transaction() as tx:
-                summaries = tx.analysis.summaries(key, policy.metrics)
-            analysis = analyze(
-                experiment,
-                policy,
-                summaries,
-                previous.get("state"),
-                look=look,
-                at=now,
-                started_at=record.started_at,
-                coverage_since=_coverage_since(previous, record),
-            )
-        except Exception as exc:
-            log.warning("look %d at %s failed, holding: %s", look, key, exc, exc_info=True)
-            analysis = failed(experiment, look=look, at=now, error=_describe(exc))
+        previous = (
+            read_look(last.snapshot, experiment_key=key, look=last.look, at=last.decided_at)
+            if last is not None
+            else None
+        )
+        analysis = self._analyse(record, previous, look, now)
         decision = (
-            decide(analysis, policy, now)
-            if policy is not None and analysis.error is None
+            decide(analysis, record.policy, now)
+            if record.policy is not None and analysis.error is None
             else Decision(Action.HOLD, (f"holding, nothing changes: {analysis.error}",))
         )
-        snapshot = analysis_to_dict(analysis)
-        snapshot["policy"] = policy_to_dict(policy) if policy is not None else None
-        snapshot["decision"] = {"action": decision.action.value, "reasons": list(decision.reasons)}
         if decision.action is not Action.RAMP:
-            snapshot["coverage_since"] = snapshot["coverage_since"] or _iso(record.started_at)
+            since = analysis.coverage_since or record.started_at
+            analysis = replace(analysis, coverage_since=since)
+        snapshot = LookSnapshot(analysis, record.policy, decision).to_dict()
         try:
             stored, updated = self._apply(
                 record, decision, actor=actor, look=look, snapshot=snapshot, now=now
@@ -129,6 +119,36 @@ class DecisionService:
             return None
         self._notify(updated, stored)
         return LookOutcome(stored, decision, analysis)
+
+    def _analyse(
+        self,
+        record: ExperimentRecord,
+        previous: LookSnapshot | None,
+        look: int,
+        now: datetime,
+    ) -> Analysis:
+        """The look's analysis; whatever goes wrong becomes a failed analysis (a hold)."""
+        state = previous.analysis.state if previous is not None else None
+        try:
+            policy = record.policy
+            if policy is None:
+                raise ValidationError("", record.policy_error or "the experiment has no policy")
+            with self._store.transaction() as tx:
+                summaries = tx.analysis.summaries(record.key, policy.metrics)
+            return analyze(
+                record.experiment,
+                policy,
+                summaries,
+                state,
+                look=look,
+                at=now,
+                started_at=record.started_at,
+                coverage_since=_coverage_since(previous, record),
+            )
+        except Exception as exc:
+            log.warning("look %d at %s failed, holding: %s", look, record.key, exc, exc_info=True)
+            error = _describe(exc)
+            return failed(record.experiment, look=look, at=now, error=error, previous=state)
 
     def _apply(
         self,
@@ -203,7 +223,7 @@ class DecisionService:
 
     def _manual(self, record: ExperimentRecord, decision: Decision, actor: str) -> DecisionRecord:
         now = self._clock.now()
-        snapshot = {"manual": True, "decision": {"action": decision.action.value}}
+        snapshot = ManualAction(decision.action).to_dict()
         stored, updated = self._apply(
             record, decision, actor=actor, look=None, snapshot=snapshot, now=now
         )
@@ -253,20 +273,18 @@ def _update_registry(
         undone = previous_rollout is not None and (
             experiment.arm(previous_rollout).model_version == live.version
         )
-        tx.models.set_status(model, live.version, "retired" if undone else "previous", now=now)
-    tx.models.set_status(model, version, "live", now=now)
+        status = ModelStatus.RETIRED if undone else ModelStatus.PREVIOUS
+        tx.models.set_status(model, live.version, status, now=now)
+    tx.models.set_status(model, version, ModelStatus.LIVE, now=now)
 
 
-def _coverage_since(previous: Mapping[str, Any], record: ExperimentRecord) -> datetime | None:
-    decision = previous.get("decision") or {}
-    if decision.get("action") == Action.RAMP.value and previous.get("at"):
-        return datetime.fromisoformat(previous["at"])
-    since = previous.get("coverage_since")
-    return datetime.fromisoformat(since) if since else record.started_at
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+def _coverage_since(previous: LookSnapshot | None, record: ExperimentRecord) -> datetime | None:
+    """Since when the experiment has had its current coverage (the ramp's step clock)."""
+    if previous is None:
+        return record.started_at
+    if previous.decision is not None and previous.decision.action is Action.RAMP:
+        return previous.analysis.at
+    return previous.analysis.coverage_since or record.started_at
 
 
 def _describe(exc: BaseException) -> str:

@@ -7,13 +7,13 @@ batch). Sinks are idempotent (first exposure per experiment and unit; one event 
 a batch written twice cannot double count.
 
 **Store outage.** When the sink raises :class:`~abkit.errors.StoreUnavailableError`, the batch
-goes to the on-disk :class:`~abkit.spool.Spool` (fsync'd), and so does every later batch while
+goes to the on-disk :class:`~abkit.infra.spool.Spool` (fsync'd), and so does every later batch while
 the spool is not empty, which keeps the order. The thread replays the spool, oldest first, as
 soon as the store answers again. Without a spool (tests), the batch is retried from memory.
 
 **Full.** When the queue is full, ``submit`` refuses the whole batch and counts it as dropped:
 the caller decides what that means (an exposure is dropped, a Track call answers UNAVAILABLE so
-the client retries). The spool itself is bounded (see :mod:`abkit.spool`): when it is full,
+the client retries). The spool itself is bounded (see :mod:`abkit.infra.spool`): when it is full,
 batches stay in memory, the queue fills, and ``submit`` starts refusing -- back-pressure rather
 than silently losing records that were already accepted.
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from abkit.errors import AbkitError, StoreUnavailableError
-from abkit.spool import Spool, SpoolFull
+from abkit.infra.spool import Spool, SpoolFull
 
 T = TypeVar("T")
 
@@ -241,6 +241,15 @@ class BufferedWriter(Generic[T]):
         time.sleep(min(self._backoff, 0.5 if closing else self._backoff))
 
     def _write(self, batch: list[T]) -> bool:
+        """One queued batch into the store; False (and the store marked down) on failure."""
+        if not self._store(batch, replayed=False):
+            return False
+        self._mark_up()
+        return True
+
+    def _store(self, batch: Sequence[T], *, replayed: bool) -> bool:
+        """Hand ``batch`` to the sink and count the outcome: written, duplicates, done (and
+        replayed, for a spooled batch). On failure the store is marked down."""
         try:
             new = self._sink(batch)
         except AbkitError as exc:
@@ -248,12 +257,15 @@ class BufferedWriter(Generic[T]):
                 self._failed_flushes += 1
             self._mark_down(exc)
             return False
-        self._mark_up()
         with self._cond:
             self._written += new
             self._duplicates += len(batch) - new
             self._done += len(batch)
-            self._in_flight = 0
+            if replayed:
+                self._replayed += len(batch)
+                self._spooled = max(0, self._spooled - len(batch))
+            else:
+                self._in_flight = 0
             self._cond.notify_all()
         return True
 
@@ -284,20 +296,8 @@ class BufferedWriter(Generic[T]):
                 return
             path, batches = oldest
             for batch in batches:
-                try:
-                    new = self._sink(batch)
-                except AbkitError as exc:
-                    with self._cond:
-                        self._failed_flushes += 1
-                    self._mark_down(exc)
+                if not self._store(batch, replayed=True):
                     return  # the segment stays; replaying it again duplicates nothing
-                with self._cond:
-                    self._written += new
-                    self._duplicates += len(batch) - new
-                    self._replayed += len(batch)
-                    self._done += len(batch)
-                    self._spooled = max(0, self._spooled - len(batch))
-                    self._cond.notify_all()
             self._spool.remove(path)
             self._mark_up()
 

@@ -1,6 +1,6 @@
 """The estimate and its confidence sequence over the looks, as server-side SVG geometry.
 
-:func:`build_chart` turns one :class:`~abkit.results.Series` (the per-look snapshots) into
+:func:`build_chart` turns one :class:`~abkit.services.views.Series` (the per-look snapshots) into
 plain coordinates; ``templates/_chart.html`` draws them, escaped like any other template, so
 the chart reads without JavaScript. x is the time of each look, y the effect on the scale the
 worker tested, the band is the confidence sequence (an always-valid interval, so reading it at
@@ -18,8 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from abkit.results import Series, SeriesPoint, TimelineEntry
-from abkit.web import wording
+from abkit.core.decision import Action
+from abkit.core.metrics import MetricKind
+from abkit.core.snapshot import Role
+from abkit.report import wording
+from abkit.services.views import Series, SeriesPoint, TimelineEntry
 
 WIDTH, HEIGHT = 760, 330
 LEFT, RIGHT, TOP, BOTTOM = 84, 604, 26, 270
@@ -30,7 +33,11 @@ TIME_STEPS = (
     1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200,
     86400, 2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400,
 )  # fmt: skip
-MARKED = {"promote": "promoted", "rollback": "rolled back", "stop_inconclusive": "stopped"}
+MARKED = {
+    Action.PROMOTE.value: "promoted",
+    Action.ROLLBACK.value: "rolled back",
+    Action.STOP_INCONCLUSIVE.value: "stopped",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +131,11 @@ def _y_domain(points: Sequence[SeriesPoint], references: Sequence[float]) -> tup
     return low - pad, high + pad
 
 
-def _y_ticks(low: float, high: float, kind: str, relative: bool) -> list[tuple[float, str]]:
+def _y_ticks(
+    low: float, high: float, kind: MetricKind | None, relative: bool
+) -> list[tuple[float, str]]:
     step = _nice((high - low) / 5)
-    scale = 100.0 if relative or kind == "binary" else 1.0
+    scale = 100.0 if relative or kind == MetricKind.BINARY else 1.0
     decimals = max(0, -math.floor(math.log10(step * scale) + 1e-9))
     ticks = []
     value = math.ceil(low / step) * step
@@ -162,18 +171,18 @@ def _x_ticks(start: float, end: float) -> list[tuple[float, str]]:
 def build_chart(series: Series, decisions: Sequence[TimelineEntry] = ()) -> Chart | None:
     """The chart of one comparison, or None when no look has an estimate yet."""
     c = series.latest
-    marks = [d for d in decisions if d.action in MARKED or d.action == "ramp"]
+    marks = [d for d in decisions if d.action in MARKED or d.action == Action.RAMP]
     decided = {d.look for d in marks if d.look is not None}
     points = [p for p in _thin(series.points, decided) if math.isfinite(p.estimate)]
     if not points:
         return None
     kind, relative = c.kind, c.tested_relative
-    sign = -1.0 if c.direction == "decrease" else 1.0
+    sign = c.direction.sign
     references: list[tuple[float, str, str]] = [(0.0, "no difference", "zero")]
-    if c.role == "primary" and c.minimum_effect > 0:
+    if c.role is Role.PRIMARY and c.minimum_effect > 0:
         mde = sign * c.minimum_effect
         references.append((mde, f"minimum effect {wording.effect(mde, kind, relative)}", "effect"))
-    if c.role == "guardrail" and c.margin:
+    if c.role is Role.GUARDRAIL and c.margin:
         harm = -sign * c.margin
         references.append((harm, f"tolerated harm {wording.effect(harm, kind, relative)}", "harm"))
     low, high = _y_domain(points, [r[0] for r in references])
@@ -217,12 +226,21 @@ def build_chart(series: Series, decisions: Sequence[TimelineEntry] = ()) -> Char
     line = " ".join(f"{d.x},{d.y}" for d in dots)
     rules = _spread([Rule(LEFT, y(v), RIGHT, y(v), text, k) for v, text, k in references])
     markers = tuple(
-        Rule(x(t), TOP, x(t), BOTTOM, _mark_label(d), "ramp" if d.action == "ramp" else "decision")
+        Rule(
+            x(t),
+            TOP,
+            x(t),
+            BOTTOM,
+            _mark_label(d),
+            "ramp" if d.action == Action.RAMP else "decision",
+        )
         for t, d in zip(mark_times, marks, strict=True)
     )
     latest = points[-1]
     level = wording.level(c.alpha)
-    unit = " (relative)" if relative else " (percentage points)" if kind == "binary" else ""
+    unit = (
+        " (relative)" if relative else " (percentage points)" if kind == MetricKind.BINARY else ""
+    )
     return Chart(
         title=f"{c.metric}: {c.arm} against control",
         description=(
@@ -254,13 +272,13 @@ def _spread(rules: list[Rule], gap: float = 13.0) -> tuple[Rule, ...]:
     return tuple(placed)
 
 
-def _dot_title(p: SeriesPoint, kind: str, relative: bool) -> str:
+def _dot_title(p: SeriesPoint, kind: MetricKind | None, relative: bool) -> str:
     effect = wording.effect(p.estimate, kind, relative)
     low, high = wording.effect(p.low, kind, relative), wording.effect(p.high, kind, relative)
     return f"look {p.look}, {wording.when(p.at)}: {effect} [{low}, {high}], {p.units:,} units"
 
 
 def _mark_label(d: TimelineEntry) -> str:
-    if d.action == "ramp":
+    if d.action == Action.RAMP:
         return "ramp"
     return f"{MARKED[d.action]} {d.arm}" if d.arm else MARKED[d.action]

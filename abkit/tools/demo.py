@@ -25,12 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from abkit import telemetry
 from abkit.client import Client, TrackEvent
 from abkit.config import Settings
 from abkit.errors import ValidationError
+from abkit.infra import telemetry
 from abkit.ports import DecisionRecord
-from abkit.rpc import build_server
+from abkit.rpc.server import build_server
 from abkit.runtime import Runtime
 from abkit.specfile import parse_document
 from abkit.store import migrate
@@ -183,7 +183,7 @@ def run_demo(
         engine.dispose()
     spec = parse_document(DEMO_EXPERIMENT, "demo")
     runtime = Runtime.from_settings(settings)
-    runtime.experiments.apply(spec.experiment, actor="demo", policy=spec.policy_doc, start=True)
+    runtime.experiments.apply(spec.experiment, actor="demo", policy=spec.policy, start=True)
     runtime.start()
     tel = telemetry.build(settings)
     server = build_server(settings, runtime, tel, address="127.0.0.1:0")

@@ -245,7 +245,7 @@ def serve_baseline(address: str, workers: int = 16) -> None:
     server.wait_for_termination()
 
 
-if __name__ == "__main__":  # python -m abkit.loadtest ADDRESS: the baseline server alone
+if __name__ == "__main__":  # python -m abkit.tools.loadtest ADDRESS: the baseline server alone
     serve_baseline(
         sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:0", int(os.environ.get("WORKERS", "16"))
     )

@@ -5,12 +5,12 @@ instrument                    kind       attributes / meaning
 ============================  =========  =========================================================
 ``rpc.server.duration``       histogram  ms per RPC; ``rpc.method``, ``rpc.grpc.status_code``
 ``abkit.assignments``         counter    ``abkit.experiment``, ``abkit.arm``, ``abkit.reason``
-``abkit.records.written``     counter    rows inserted; ``abkit.writer`` = exposures|events
+``abkit.records.written``     counter    rows inserted; ``abkit.infra.writer`` = exposures|events
 ``abkit.records.spooled``     counter    rows sent to the on-disk spool (store down)
 ``abkit.records.replayed``    counter    spooled rows written after the store came back
 ``abkit.records.dropped``     counter    rows refused (queue full, shutting down)
-``abkit.writer.queue_depth``  gauge      rows waiting in memory
-``abkit.spool.bytes``         gauge      bytes waiting on disk
+``abkit.infra.writer.queue_depth``  gauge      rows waiting in memory
+``abkit.infra.spool.bytes``         gauge      bytes waiting on disk
 ``abkit.store.errors``        counter    failed writes and failed config refreshes
 ``abkit.store.up``            gauge      1 when the store accepts writes, else 0
 ``abkit.looks``               counter    worker looks; ``abkit.action``
@@ -33,10 +33,10 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from abkit.core.assignment import Assignment
 
 if TYPE_CHECKING:
+    from abkit.infra.writer import BufferedWriter
     from abkit.runtime import Runtime
-    from abkit.writer import BufferedWriter
 
-WRITER = "abkit.writer"
+WRITER = "abkit.infra.writer"
 
 
 class RpcMetrics:
@@ -124,11 +124,11 @@ def observe_runtime(meter: Meter, runtime: Runtime) -> None:
         return [Observation(0 if runtime.degraded else 1)]
 
     meter.create_observable_gauge(
-        "abkit.writer.queue_depth", callbacks=[queue_depth], unit="{row}",
+        "abkit.infra.writer.queue_depth", callbacks=[queue_depth], unit="{row}",
         description="Rows waiting in memory to be written",
     )  # fmt: skip
     meter.create_observable_gauge(
-        "abkit.spool.bytes", callbacks=[spool_bytes], unit="By",
+        "abkit.infra.spool.bytes", callbacks=[spool_bytes], unit="By",
         description="Bytes waiting in the on-disk spool",
     )  # fmt: skip
     meter.create_observable_counter(

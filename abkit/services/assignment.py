@@ -1,0 +1,257 @@
+"""The assignment use case: Assign and Track.
+
+Validate the request, assign from the cached config (:class:`~abkit.services.config.ConfigCache`)
+with the pure core, and hand exposures and events to the sinks (background writers): the request
+path never waits on the database.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import NamedTuple
+
+from abkit.core.assignment import Assignment, Catalog, CompiledExperiment, Exposure
+from abkit.core.limits import (
+    MAX_EXPERIMENT_KEYS,
+    MAX_UNIT_ID_BYTES,
+    check_attributes,
+    check_batch,
+    check_event_id,
+    check_metric,
+    check_unit_id,
+    check_value,
+)
+from abkit.core.model import Event, check_key
+from abkit.core.targeting import AttributeValue
+from abkit.errors import NotFoundError, StoreUnavailableError, ValidationError
+from abkit.ports import Clock, Sink
+from abkit.services.config import ConfigCache
+
+log = logging.getLogger(__name__)
+
+MAX_FUTURE_SKEW = timedelta(hours=1)
+"""Events may be stamped at most this far in the future (client clock skew)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRef:
+    """The trace and span of the request that caused a row (W3C ids, lower-case hex)."""
+
+    trace_id: str = ""
+    span_id: str = ""
+
+
+NO_TRACE = TraceRef()
+
+
+class UnitRequest(NamedTuple):
+    """One unit to assign (a named tuple: built per unit of every request)."""
+
+    unit_id: str
+    attributes: Mapping[str, AttributeValue]
+    experiment_keys: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TrackInput:
+    unit_id: str
+    metric: str
+    value: float = 1.0
+    occurred_at: datetime | None = None
+    event_id: str = ""
+
+
+class RecentKeys:
+    """A bounded set of recently seen keys: two generations, the older dropped when full.
+
+    Remembers at least ``capacity / 2`` and at most ``capacity`` of the latest keys; forgetting
+    one only costs a redundant (idempotent) write later, never a wrong answer. Not locked: set
+    operations are atomic under the GIL, and the one race (two threads rotating generations at
+    once) can only forget keys.
+    """
+
+    __slots__ = ("_capacity", "_current", "_previous")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = max(2, capacity)
+        self._current: set[tuple[str, str]] = set()
+        self._previous: set[tuple[str, str]] = set()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._current or key in self._previous
+
+    def update(self, keys: Iterable[tuple[str, str]]) -> None:
+        self._current.update(keys)
+        if len(self._current) >= self._capacity // 2:
+            self._previous, self._current = self._current, set()
+
+
+class AssignmentService:
+    """Assign units and accept KPI events; the request path never waits on the database."""
+
+    def __init__(
+        self,
+        config: ConfigCache,
+        exposures: Sink[Exposure],
+        events: Sink[Event],
+        clock: Clock,
+        pseudonymize: Callable[[str], str] | None = None,
+        recent_exposures: int = 200_000,
+    ) -> None:
+        self._config = config
+        self._exposures = exposures
+        self._events = events
+        self._clock = clock
+        # With ABKIT_UNIT_ID_KEY, rows store HMAC(key, unit id); assignment hashes the raw id.
+        self._stored_id = pseudonymize or _identity
+        # Only the first exposure of a unit is stored; a unit asking again (the common case)
+        # need not be queued and written again just to be discarded by the database.
+        self._logged = RecentKeys(recent_exposures)
+
+    def assign(
+        self,
+        unit_id: str,
+        attributes: Mapping[str, AttributeValue],
+        experiment_keys: Sequence[str] = (),
+        trace: TraceRef = NO_TRACE,
+    ) -> list[Assignment]:
+        request = UnitRequest(unit_id, attributes, experiment_keys)
+        _check_request(request)
+        return self._assign_checked([request], trace, batched=False)[0]
+
+    def assign_batch(
+        self, requests: Sequence[UnitRequest], trace: TraceRef = NO_TRACE
+    ) -> list[list[Assignment]]:
+        check_batch(len(requests), "requests")
+        for i, request in enumerate(requests):
+            _check_request(request, i)
+        return self._assign_checked(requests, trace, batched=True)
+
+    def _assign_checked(
+        self, requests: Sequence[UnitRequest], trace: TraceRef, *, batched: bool
+    ) -> list[list[Assignment]]:
+        # Resolve every key first: an unknown key fails the call before anything is logged.
+        resolved = _resolve(self._config.catalog, requests, batched=batched)
+        now = self._clock.now()
+        results: list[list[Assignment]] = []
+        exposures: list[Exposure] = []
+        keys: list[tuple[str, str]] = []
+        logged = self._logged
+        for request, experiments in zip(requests, resolved, strict=True):
+            unit_id, attributes = request.unit_id, request.attributes
+            answers = [e.assign(unit_id, attributes) for e in experiments]
+            stored_id = None
+            for a in answers:
+                if a.in_experiment and (key := (a.experiment_key, unit_id)) not in logged:
+                    stored_id = stored_id or self._stored_id(unit_id)
+                    exposures.append(a.exposure(stored_id, now, trace.trace_id, trace.span_id))
+                    keys.append(key)
+            results.append(answers)
+        if exposures:
+            if self._exposures.submit(exposures):
+                logged.update(keys)
+            else:
+                log.warning("exposure queue full: %d exposures dropped", len(exposures))
+        return results
+
+    def track(self, item: TrackInput, trace: TraceRef = NO_TRACE) -> Event:
+        return self.track_batch([item], trace, single=True)[0]
+
+    def track_batch(
+        self, items: Sequence[TrackInput], trace: TraceRef = NO_TRACE, *, single: bool = False
+    ) -> list[Event]:
+        if not single:
+            check_batch(len(items), "events")
+        now = self._clock.now()
+        events = [
+            self._event(item, now, trace, "" if single else f"events[{i}].")
+            for i, item in enumerate(items)
+        ]
+        if self._stored_id is not _identity:
+            events = [e._replace(unit_id=self._stored_id(e.unit_id)) for e in events]
+        if not self._events.submit(events):
+            raise StoreUnavailableError(
+                "the event queue is full; retry with the same event_id shortly"
+            )
+        return events
+
+    @staticmethod
+    def _event(item: TrackInput, now: datetime, trace: TraceRef, prefix: str) -> Event:
+        check_unit_id(item.unit_id, f"{prefix}unit_id")
+        check_metric(item.metric, f"{prefix}metric")
+        value = check_value(item.value, f"{prefix}value")
+        occurred_at = now if item.occurred_at is None else item.occurred_at
+        if occurred_at.tzinfo is None:
+            raise ValidationError(f"{prefix}occurred_at", "must carry a time zone")
+        if occurred_at - now > MAX_FUTURE_SKEW:
+            raise ValidationError(
+                f"{prefix}occurred_at",
+                f"is more than {MAX_FUTURE_SKEW} in the future ({occurred_at.isoformat()}); "
+                "check the client's clock",
+            )
+        event_id = (
+            check_event_id(item.event_id, f"{prefix}event_id")
+            if item.event_id
+            else (os.urandom(16).hex())
+        )
+        return Event(
+            event_id, item.unit_id, item.metric, value, occurred_at, trace.trace_id, trace.span_id
+        )
+
+
+def _identity(unit_id: str) -> str:
+    return unit_id
+
+
+def _check_request(request: UnitRequest, index: int | None = None) -> None:
+    """Check one unit; ``index`` (its place in a batch) only names the field in an error."""
+    unit_id = request.unit_id
+    # The common case (printable ASCII, short enough) passes without building a field name.
+    if not (
+        type(unit_id) is str
+        and 0 < len(unit_id) <= MAX_UNIT_ID_BYTES
+        and unit_id.isascii()
+        and unit_id.isprintable()
+    ):
+        check_unit_id(unit_id, _field(index, "unit_id"))
+    if request.attributes:
+        check_attributes(request.attributes, _field(index, "attributes"))
+    keys = request.experiment_keys
+    if len(keys) > MAX_EXPERIMENT_KEYS:
+        raise ValidationError(
+            _field(index, "experiment_keys"), f"at most {MAX_EXPERIMENT_KEYS} keys, got {len(keys)}"
+        )
+
+
+def _field(index: int | None, name: str) -> str:
+    return name if index is None else f"requests[{index}].{name}"
+    # Key formats are checked only when a key is not found (see _resolve): a key the catalog
+    # knows is valid by construction, and this runs for every unit of every request.
+
+
+def _resolve(
+    catalog: Catalog, requests: Sequence[UnitRequest], *, batched: bool
+) -> builtins.list[tuple[CompiledExperiment, ...]]:
+    """The experiments of each request, resolved once per distinct key list."""
+    seen: dict[tuple[str, ...], tuple[CompiledExperiment, ...]] = {}
+    resolved = []
+    for i, request in enumerate(requests):
+        keys = request.experiment_keys
+        if type(keys) is not tuple:
+            keys = tuple(keys)
+        experiments = seen.get(keys)
+        if experiments is None:
+            try:
+                experiments = seen[keys] = catalog.resolve(keys)
+            except NotFoundError:
+                prefix = f"requests[{i}]." if batched else ""
+                for k, key in enumerate(keys):
+                    check_key(key, f"{prefix}experiment_keys[{k}]")  # malformed: 400, not 404
+                raise
+        resolved.append(experiments)
+    return resolved
