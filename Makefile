@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test unit lint typecheck proto analysis-sql bench bench-tools serve clean
+.PHONY: install demo test unit lint typecheck docs proto analysis-sql bench bench-tools serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ install: $(STAMP)
 demo: install
 	$(BIN)/abkit demo
 
-test: install lint typecheck
+test: install lint typecheck docs
 	$(BIN)/python -m pytest
 
 unit: install
@@ -33,6 +33,10 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+
+# The documentation site: --strict fails on a broken link or anchor, or a page left out of the nav.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 proto: install
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. \

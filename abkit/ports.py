@@ -187,7 +187,7 @@ class ModelRegistry(Protocol):
 
 
 class AnalysisRepository(Protocol):
-    """Sufficient statistics computed where the data lives (DESIGN.md, "the data contract")."""
+    """Sufficient statistics computed where the data lives (docs/design.md, "the data contract")."""
 
     def summaries(
         self, experiment_key: str, metrics: Sequence[Metric], *, as_of: datetime | None = None

@@ -1,4 +1,4 @@
-"""Deterministic, cross-language bucketing (DESIGN.md, "Hashing").
+"""Deterministic, cross-language bucketing (docs/design.md, "Hashing").
 
 ``bucket(seed, unit_id) = uint64_be(sha256(utf8(seed + ":" + unit_id))[0:8]) / 2**64``
 

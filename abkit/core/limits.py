@@ -1,6 +1,6 @@
 """Limits on what a request may carry, and the checks that enforce them.
 
-Every limit is here, documented once (README, "Limits"), and every check raises
+Every limit is here, documented once (docs/grpc-api.md, "Limits"), and every check raises
 :class:`ValidationError` naming the field -- the gRPC edge turns that into INVALID_ARGUMENT.
 """
 

@@ -1,6 +1,6 @@
 """Sufficient statistics in SQL: per arm and metric, ``n``, sums and sums of squares.
 
-The statistics engine never sees a row (DESIGN.md, "the data contract"). For one experiment the
+The statistics engine never sees a row (docs/design.md, "the data contract"). For one experiment the
 database joins exposures (first exposure per unit) with the KPI events of the requested metrics,
 builds each unit's value in a first ``GROUP BY`` (arm, unit) and reduces to per-arm moments in a
 second -- one query for every metric of the experiment, identical on SQLite and PostgreSQL except

@@ -7,7 +7,7 @@ The decision rules use abkit's own kernels (``log_e_value``, ``half_width``, the
 solvers) vectorised; :func:`test_vectorised_harness_agrees_with_the_public_api` checks that they
 decide exactly like the public monitors on a subset of replicates.
 
-The figures printed in the README's "Statistics" section come from :func:`measure` with these seeds.
+The figures printed in docs/statistics.md come from :func:`measure` with these seeds.
 """
 
 from __future__ import annotations

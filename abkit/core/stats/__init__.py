@@ -10,7 +10,7 @@ SQL. Outputs are frozen results whose ``status`` says whether they carry evidenc
 * ``srm`` -- sample ratio mismatch; ``multiple_testing`` -- Holm, BH, Bonferroni;
 * ``planning`` -- sample size, power, sequential inflation.
 
-See the README's "Statistics" section for methods, conventions and the simulation figures.
+See docs/statistics.md for methods, conventions and the simulation figures.
 """
 
 from abkit.core.stats.effect import Effect, cuped_theta, estimate_effect

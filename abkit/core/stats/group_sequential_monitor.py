@@ -3,7 +3,7 @@
 The alternative to always-valid inference when the number of units is planned in advance and the
 worker looks a modest number of times: boundaries spend alpha only at the looks actually taken,
 so a design with few looks needs fewer units than the mSPRT for the same power (see
-the README's "Statistics" section).
+docs/statistics.md).
 
 The information fraction of a look is its total sample size over the planned maximum,
 ``t_k = N_k / max_sample_size`` (the usual proxy for ``I_k / I_max`` when the metric's variance is
