@@ -1,0 +1,237 @@
+"""``abkit db`` and ``abkit experiment``: the schema, declaring and steering experiments, and
+``abkit results``, the numbers the worker decided on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from abkit.cli.base import Context, errors, pass_ctx, print_table
+from abkit.core.spec import experiment_to_dict
+from abkit.errors import (
+    StoreUnavailableError,
+)
+
+if TYPE_CHECKING:
+    from abkit.ports import ExperimentRecord
+
+
+@click.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@pass_ctx
+def db_upgrade(ctx: Context, revision: str) -> None:
+    """Create or migrate the schema (safe to run repeatedly)."""
+    from abkit.store import migrate
+    from abkit.store.engine import create_store_engine
+
+    with errors():
+        engine = create_store_engine(ctx.settings.database_url)
+        try:
+            migrate.upgrade(engine, revision)
+            click.echo(f"database at revision {migrate.current_revision(engine)}")
+        except Exception as exc:
+            raise StoreUnavailableError(f"migration failed: {exc}") from exc
+        finally:
+            engine.dispose()
+
+
+@click.group()
+def experiment() -> None:
+    """Declare, inspect, start and pause experiments."""
+
+
+@experiment.command("apply")
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Experiment YAML/JSON file.",
+)
+@click.option("--start", is_flag=True, help="Start it (a new or draft experiment) right away.")
+@pass_ctx
+def experiment_apply(ctx: Context, path: str, start: bool) -> None:
+    """Create or update an experiment from a file (idempotent)."""
+    from abkit.specfile import load_experiment_file
+
+    with errors():
+        spec = load_experiment_file(path)
+        with ctx.open_runtime() as runtime:
+            result = runtime.experiments.apply(
+                spec.experiment, actor=ctx.settings.actor, policy=spec.policy, start=start
+            )
+    exp = result.record.experiment
+    detail = f" ({', '.join(result.changed)})" if result.changed else ""
+    click.echo(
+        f"experiment {exp.key} {result.outcome}{detail}; "
+        f"status {exp.status}, revision {result.record.revision}"
+    )
+
+
+@experiment.command("list")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@pass_ctx
+def experiment_list(ctx: Context, fmt: str) -> None:
+    """All experiments with their status and units per arm."""
+    with errors(), ctx.open_runtime() as runtime:
+        records = runtime.experiments.list()
+        counts = {r.key: runtime.experiments.exposure_counts(r.key) for r in records}
+    if fmt == "json":
+        click.echo(json.dumps([_record_json(r, counts[r.key]) for r in records], indent=2))
+        return
+    if not records:
+        click.echo("no experiments yet: abkit experiment apply -f FILE.yaml")
+        return
+    rows = [("KEY", "STATUS", "MODEL", "ARMS (version, weight, units)")]
+    for r in records:
+        e = r.experiment
+        arms = ", ".join(
+            f"{a.key}={a.model_version} {a.weight:g} n={counts[r.key].get(a.key, 0)}"
+            for a in e.arms
+        )
+        rows.append((e.key, str(e.status), e.model, arms))
+    print_table(rows)
+
+
+@experiment.command("show")
+@click.argument("key")
+@click.option(
+    "--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True
+)
+@pass_ctx
+def experiment_show(ctx: Context, key: str, fmt: str) -> None:
+    """One experiment: its config, status and units per arm."""
+    import yaml
+
+    with errors(), ctx.open_runtime() as runtime:
+        record = runtime.experiments.get(key)
+        counts = runtime.experiments.exposure_counts(key)
+    doc = _record_json(record, counts)
+    if fmt == "json":
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).rstrip())
+
+
+def _status_command(name: str, verb: str) -> Callable[..., None]:
+    @experiment.command(name)
+    @click.argument("key")
+    @pass_ctx
+    def command(ctx: Context, key: str) -> None:
+        with errors(), ctx.open_runtime() as runtime:
+            record = getattr(runtime.experiments, verb)(key, actor=ctx.settings.actor)
+        click.echo(f"experiment {key} is {record.experiment.status}")
+
+    command.__doc__ = {
+        "start": "Start a draft experiment (or resume a paused one).",
+        "pause": "Pause: everyone gets control, nothing is logged; resume with start.",
+        "resume": "Resume a paused experiment.",
+    }[name]
+    return command
+
+
+@experiment.command("promote")
+@click.argument("key")
+@click.argument("arm")
+@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@pass_ctx
+def experiment_promote(ctx: Context, key: str, arm: str, reason: str) -> None:
+    """Promote ARM now: everyone gets its model version, which goes live in the registry."""
+    with errors(), ctx.open_runtime() as runtime:
+        record = runtime.decisions.promote(key, arm, actor=ctx.settings.actor, reason=reason)
+    click.echo(f"experiment {key}: promoted {record.arm_key} ({record.reason})")
+
+
+@experiment.command("rollback")
+@click.argument("key")
+@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@pass_ctx
+def experiment_rollback(ctx: Context, key: str, reason: str) -> None:
+    """Roll back to control now (also undoes a promotion)."""
+    with errors(), ctx.open_runtime() as runtime:
+        record = runtime.decisions.rollback(key, actor=ctx.settings.actor, reason=reason)
+    click.echo(f"experiment {key}: rolled back to {record.arm_key} ({record.reason})")
+
+
+@experiment.command("history")
+@click.argument("key")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@pass_ctx
+def experiment_history(ctx: Context, key: str, fmt: str) -> None:
+    """The audit trail: every look, decision and manual action, with who and why."""
+    with errors(), ctx.open_runtime() as runtime:
+        history = runtime.experiments.history(key)
+    if fmt == "json":
+        from abkit.report.document import history_doc
+
+        click.echo(json.dumps([history_doc(d) for d in history], indent=2))
+        return
+    for d in history:
+        look = f"look {d.look:>3}" if d.look is not None else "manual  "
+        arm = f" {d.arm_key}" if d.arm_key else ""
+        click.echo(
+            f"{d.decided_at:%Y-%m-%d %H:%M:%S}  {look}  {d.action}{arm}  by {d.actor}: {d.reason}"
+        )
+
+
+_status_command("start", "start")
+_status_command("pause", "pause")
+_status_command("resume", "start")
+
+
+def _record_json(record: ExperimentRecord, counts: dict[str, int]) -> dict[str, Any]:
+    doc = experiment_to_dict(record.experiment)
+    doc.update(
+        status=str(record.experiment.status),
+        rollout_arm=record.experiment.rollout_arm,
+        config_checksum=record.experiment.config_checksum,
+        revision=record.revision,
+        created_at=record.created_at.isoformat(),
+        updated_at=record.updated_at.isoformat(),
+        started_at=record.started_at.isoformat() if record.started_at else None,
+        concluded_at=record.concluded_at.isoformat() if record.concluded_at else None,
+        units=counts,
+    )
+    return doc
+
+
+@click.command("results")
+@click.argument("key")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+@pass_ctx
+def results_command(ctx: Context, key: str, fmt: str) -> None:
+    """The latest look at an experiment: the numbers the worker decided on, as on the page.
+
+    json is the document of GET /api/experiments/KEY/results, csv that of .../results.csv.
+    """
+    from abkit.report import document, tables, text
+
+    with errors(), ctx.open_runtime() as runtime:
+        results = runtime.results.results(key)
+        now = runtime.clock.now()
+    if fmt == "json":
+        click.echo(json.dumps(document.results_doc(results, now), indent=2, ensure_ascii=False))
+    elif fmt == "csv":
+        rows = tables.results_rows(results)
+        click.echo(tables.csv_text(tables.RESULTS_COLUMNS, rows), nl=False)
+    else:
+        click.echo(text.results_text(results, now))
