@@ -123,8 +123,13 @@ def test_targeting_miss_gets_control_and_is_not_logged(harness: Harness) -> None
     assert (a.arm_key, a.model_version, a.reason, a.in_experiment) == (
         "control", "ranker-v1", pb.REASON_TARGETING_MISS, False,
     )  # fmt: skip
-    harness.runtime.flush(5)
+    # A unit that does enter is logged through the same pipeline: once it is in the store, the
+    # miss had every chance to be written too.
+    (entered,) = harness.stub.Assign(us("user-in"), timeout=5).assignments
+    assert entered.in_experiment
+    assert harness.runtime.flush(5)
     with harness.runtime.store.transaction() as tx:
+        assert tx.exposures.get("ranker-v2", "user-in") is not None
         assert tx.exposures.get("ranker-v2", "user-de") is None
 
 
@@ -232,9 +237,12 @@ def test_a_batch_with_one_bad_event_writes_nothing(harness: Harness) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("events[10].value")
     code, _ = _code(lambda: harness.stub.TrackBatch(pb.TrackBatchRequest(events=[]), timeout=5))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    harness.runtime.flush(5)
+    # A good event after the refused batches goes through the same pipeline: once it is stored,
+    # anything of the refused batches would have been stored too.
+    harness.stub.Track(pb.TrackRequest(unit_id="after", metric="conversion"), timeout=5)
+    assert harness.runtime.flush(5)
     with harness.runtime.store.transaction() as tx:
-        assert tx.events.count() == 0
+        assert tx.events.count() == 1
 
 
 def test_health_reports_serving_once_config_is_loaded(harness: Harness) -> None:

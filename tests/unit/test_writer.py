@@ -96,10 +96,10 @@ def test_duplicates_are_counted_not_written_twice() -> None:
     writer = BufferedWriter("t", sink, batch_size=10, flush_interval=0.01)
     writer.start()
     writer.submit([1, 2, 3])
-    writer.flush(5)
+    assert writer.flush(5)
     writer.submit([3, 4])
-    writer.flush(5)
-    writer.close(5)
+    assert writer.flush(5)
+    assert writer.close(5)
     stats = writer.stats()
     assert (stats.written, stats.duplicates) == (4, 1)
 

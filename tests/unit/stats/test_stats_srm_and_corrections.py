@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
-from statsmodels.stats.multitest import multipletests
 
 from abkit.core.stats import (
     SRM_THRESHOLD,
+    Adjusted,
     TestStatus,
     adjust_p_values,
     bonferroni_alpha,
@@ -102,15 +102,100 @@ def test_sequential_srm_is_anytime_valid_under_the_null() -> None:
     assert hits / 1000 <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 1000)
 
 
-@settings(max_examples=40, deadline=None)  # statsmodels' Holm oracle runs gc.collect() per call
-@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=30), st.sampled_from(["holm", "bh"]))
-def test_adjustments_match_statsmodels(p_values: list[float], method: str) -> None:
-    result = adjust_p_values(p_values, method=method, alpha=0.05)
-    reject, adjusted, _, _ = multipletests(
-        p_values, alpha=0.05, method="holm" if method == "holm" else "fdr_bh"
+# -- Holm and Benjamini-Hochberg against their definitions ---------------------------------------
+# The oracle below is written from the papers, independently of the implementation (which uses
+# numpy for Holm and statsmodels for BH): with p_(1) <= ... <= p_(m) the sorted p-values,
+#   Holm (1979):     adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))
+#   BH (1995):       adjusted p_(i) = min_{j >= i} min(1, m p_(j) / j)
+# and H_(i) is rejected when its adjusted p-value is <= alpha.
+
+
+def _definition(p_values: list[float], method: str) -> list[float]:
+    m = len(p_values)
+    order = sorted(range(m), key=lambda k: (p_values[k], k))
+    ranked = [p_values[k] for k in order]
+    adjusted_ranked = []
+    for i in range(1, m + 1):
+        if method == "holm":
+            value = max(min(1.0, (m - j + 1) * ranked[j - 1]) for j in range(1, i + 1))
+        else:
+            value = min(min(1.0, m * ranked[j - 1] / j) for j in range(i, m + 1))
+        adjusted_ranked.append(value)
+    adjusted = [0.0] * m
+    for rank, k in enumerate(order):
+        adjusted[k] = adjusted_ranked[rank]
+    return adjusted
+
+
+def _matches_definition(adjust: Any, p_values: list[float], method: str) -> bool:
+    """Same adjusted p-values, and the same decisions wherever the adjusted value is not a
+    floating-point tie with alpha (there the two roundings of ``i alpha / m`` may differ)."""
+    want = _definition(p_values, method)
+    got = adjust(p_values, method=method, alpha=0.05)
+    if got.p_values != pytest.approx(tuple(want), abs=1e-12):
+        return False
+    return all(
+        r == (w <= 0.05) for r, w in zip(got.reject, want, strict=True) if abs(w - 0.05) > 1e-12
     )
-    assert result.p_values == pytest.approx(tuple(adjusted))
-    assert result.reject == tuple(bool(r) for r in reject)
+
+
+# Benjamini & Hochberg (1995), section 4: fifteen p-values of a multiple-endpoint trial; at
+# q = 0.05 their procedure rejects the four smallest, while Bonferroni-type step-down (Holm)
+# rejects three. The adjusted values below are worked out by hand from the definitions above.
+BH_1995 = [0.0001, 0.0004, 0.0019, 0.0095, 0.0201, 0.0278, 0.0298, 0.0344, 0.0459, 0.3240,
+           0.4262, 0.5719, 0.6528, 0.7590, 1.0000]  # fmt: skip
+
+
+def test_bh_and_holm_on_the_published_example() -> None:
+    bh = adjust_p_values(BH_1995, method="bh", alpha=0.05)
+    holm = adjust_p_values(BH_1995, method="holm", alpha=0.05)
+    assert sum(bh.reject) == 4 and bh.reject[:4] == (True,) * 4
+    assert sum(holm.reject) == 3 and holm.reject[:3] == (True,) * 3
+    # BH, m p_(j) / j and its running minimum from the top: p_(5..9) give 0.0603, 0.0695,
+    # 0.063857, 0.0645, 0.0765, so p_(6) and p_(7) both adjust to 15 * 0.0298 / 7.
+    assert bh.p_values[:9] == pytest.approx(
+        (
+            15 * 0.0001 / 1,
+            15 * 0.0004 / 2,
+            15 * 0.0019 / 3,
+            15 * 0.0095 / 4,
+            15 * 0.0201 / 5,
+            15 * 0.0298 / 7,
+            15 * 0.0298 / 7,
+            15 * 0.0344 / 8,
+            15 * 0.0459 / 9,
+        )
+    )
+    # Holm: 15 * 0.0001, 14 * 0.0004, 13 * 0.0019, 12 * 0.0095, 11 * 0.0201, ...
+    assert holm.p_values[:5] == pytest.approx((0.0015, 0.0056, 0.0247, 0.114, 0.2211))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 1.0) | st.sampled_from([0.0, 0.001, 0.01, 0.03, 1.0]), min_size=1,
+             max_size=30),
+    st.sampled_from(["holm", "bh"]),
+)  # fmt: skip
+def test_adjustments_match_their_definition(p_values: list[float], method: str) -> None:
+    assert _matches_definition(adjust_p_values, p_values, method)
+
+
+def test_the_definition_check_catches_an_off_by_one_rank() -> None:
+    """A BH that divides by the rank plus one (a classic slip) is caught by the oracle."""
+
+    def off_by_one(p_values: list[float], *, method: str, alpha: float) -> Any:
+        m = len(p_values)
+        order = sorted(range(m), key=lambda k: p_values[k])
+        adjusted = [0.0] * m
+        running = 1.0
+        for rank in range(m, 0, -1):
+            k = order[rank - 1]
+            running = min(running, m * p_values[k] / (rank + 1))
+            adjusted[k] = running
+        return Adjusted(tuple(adjusted), tuple(a <= alpha for a in adjusted), method, alpha)
+
+    assert _matches_definition(adjust_p_values, BH_1995, "bh")
+    assert not _matches_definition(off_by_one, BH_1995, "bh")
 
 
 def test_adjustment_validation_and_bonferroni() -> None:
