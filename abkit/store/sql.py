@@ -28,6 +28,7 @@ from abkit.core.policy_document import policy_to_dict, read_policy
 from abkit.core.targeting import parse_condition
 from abkit.errors import ConflictError, NotFoundError, SchemaOutOfDateError, StoreUnavailableError
 from abkit.ports import AuditEntry, DecisionRecord, ExperimentRecord, ModelVersion
+from abkit.store import copy_text
 from abkit.store.analysis import SqlAnalysis
 from abkit.store.engine import create_store_engine
 from abkit.store.schema import Base
@@ -55,9 +56,10 @@ COPY_THRESHOLD = 50
 
 
 def copy_insert(
-    conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Any], order_by: str
+    conn: Connection, table: str, columns: Sequence[str], text: str, order_by: str, rows: int
 ) -> int:
-    """Insert ``rows`` with PostgreSQL's ``COPY``, keeping the writes idempotent.
+    """Insert ``rows`` rows, given as COPY ``text`` (:mod:`abkit.store.copy_text`), with
+    PostgreSQL's ``COPY``, keeping the writes idempotent.
 
     First, ``COPY`` straight into the table inside a savepoint: the common case -- new units, new
     event ids -- costs one pass. If a key already exists (a replayed batch, another replica, a
@@ -75,9 +77,8 @@ def copy_insert(
             driver.cursor() as cursor,  # type: ignore[union-attr]
             cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy,
         ):
-            for row in rows:
-                copy.write_row(row)
-        return len(rows)
+            copy.write(text)
+        return rows
     except psycopg.errors.UniqueViolation:
         pass
     stage = f"abkit_stage_{table}"
@@ -87,8 +88,7 @@ def copy_insert(
             f"AS SELECT {names} FROM {table} WITH NO DATA"
         )
         with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+            copy.write(text)
         cursor.execute(
             f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "  # noqa: S608
             f"ORDER BY {order_by} ON CONFLICT DO NOTHING"
@@ -280,7 +280,9 @@ class SqlExposures:
             return 0
         if self._conn.dialect.name == "postgresql" and len(exposures) >= COPY_THRESHOLD:
             # Earliest first: within a batch, the first exposure of a unit is the one kept.
-            return copy_insert(self._conn, "exposures", Exposure._fields, exposures, "exposed_at")
+            text = copy_text.exposure_text(exposures)
+            columns = copy_text.EXPOSURE_COLUMNS
+            return copy_insert(self._conn, "exposures", columns, text, "exposed_at", len(exposures))
         # RETURNING counts the rows actually inserted; SQLAlchemy batches the executemany into
         # multi-row INSERTs ("insertmanyvalues") on both backends.
         stmt = _insert_ignoring_duplicates(self._conn, _EXPOSURES).returning(_EXPOSURES.c.unit_id)
@@ -335,7 +337,9 @@ class SqlEvents:
         if not events:
             return 0
         if self._conn.dialect.name == "postgresql" and len(events) >= COPY_THRESHOLD:
-            return copy_insert(self._conn, "events", Event._fields, events, "occurred_at")
+            text = copy_text.event_text(events)
+            columns = copy_text.EVENT_COLUMNS
+            return copy_insert(self._conn, "events", columns, text, "occurred_at", len(events))
         stmt = _insert_ignoring_duplicates(self._conn, _EVENTS).returning(_EVENTS.c.id)
         return len(self._conn.execute(stmt, [e._asdict() for e in events]).all())
 

@@ -259,3 +259,25 @@ def test_large_batches_keep_the_same_contract(store: Store) -> None:
     with store.transaction() as tx:
         assert tx.events.count("revenue") == n + 1
         assert tx.events.get("big-7") == events[7]
+
+
+def test_large_batches_store_every_character_as_given(store: Store) -> None:
+    """The COPY path writes text rows: backslashes, tabs, newlines and non-ASCII must survive."""
+    from abkit.store.sql import COPY_THRESHOLD
+
+    units = [f"user\\{i}\\n Ränker «{i}» 🚀 \\\\t" for i in range(COPY_THRESHOLD * 2)]
+    version = "v2\twith\ttabs\nand a newline \\ and a backslash\r"
+    exposures = [
+        Exposure("ranker-v2", u, "treatment", version, "c" * 16, T0 + timedelta(microseconds=i))
+        for i, u in enumerate(units)
+    ]
+    events = [
+        Event(f"e.{i}:x-y_z", u, "revenue", 0.1 * i - 3.0, T0 + timedelta(seconds=i), "ab" * 16)
+        for i, u in enumerate(units)
+    ]
+    with store.transaction() as tx:
+        assert tx.exposures.add(exposures) == len(units)
+        assert tx.events.add(events) == len(units)
+    with store.transaction() as tx:
+        assert [tx.exposures.get("ranker-v2", u) for u in units] == exposures
+        assert [tx.events.get(e.event_id) for e in events] == events
