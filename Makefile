@@ -46,9 +46,10 @@ analysis-sql: install
 	$(BIN)/python -m abkit.store.analysis analysis
 
 # Benchmarks (BENCHMARKS.md): PostgreSQL at ABKIT_TEST_POSTGRES_URL (default: the local server),
-# h2load (Debian's nghttp2-client, installed here when missing and apt-get can) and a separate
-# virtualenv with the peers abkit is compared with -- never runtime dependencies.
-# The whole run takes about an hour, most of it loading 60M rows for bench_scale.
+# the Go load generator tests/benchmarks/loadgen (built with Debian's golang-go and
+# golang-golang-x-net-dev, installed here when missing and apt-get can) and a separate virtualenv
+# with the peers abkit is compared with -- never runtime dependencies.
+# The whole run takes about an hour and a half, most of it loading 60M rows for bench_scale.
 BENCH_VENV  := .bench-venv
 BENCH_PEERS := growthbook==4.0.0 planout==0.6.0 six==1.17.0
 
@@ -57,19 +58,25 @@ $(BENCH_VENV)/.installed-stamp:
 	$(BENCH_VENV)/bin/python -m pip install --quiet $(BENCH_PEERS)
 	touch $@
 
-bench-tools: $(BENCH_VENV)/.installed-stamp
-	@command -v h2load >/dev/null || { \
+LOADGEN := $(BENCH_VENV)/loadgen
+
+$(LOADGEN): tests/benchmarks/loadgen/main.go
+	@{ command -v go >/dev/null && [ -d /usr/share/gocode/src/golang.org/x/net/http2 ]; } || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go golang-golang-x-net-dev; \
 		else \
-			echo "h2load is missing: sudo apt-get install nghttp2-client" >&2; exit 1; \
+			echo "go is missing: sudo apt-get install golang-go golang-golang-x-net-dev" >&2; exit 1; \
 		fi; }
+	cd tests/benchmarks/loadgen && GO111MODULE=off GOPATH=/usr/share/gocode \
+		GOCACHE=$(abspath $(BENCH_VENV))/go-cache go build -o $(abspath $(LOADGEN)) .
+
+bench-tools: $(BENCH_VENV)/.installed-stamp $(LOADGEN)
 
 bench: install bench-tools
 	$(BIN)/python tests/benchmarks/bench_assign.py
 	$(BIN)/python tests/benchmarks/bench_peers.py
 	$(BIN)/python tests/benchmarks/bench_grpc.py
-	$(BIN)/python tests/benchmarks/bench_writer.py
+	$(BIN)/python tests/benchmarks/bench_journal.py
 	$(BIN)/python tests/benchmarks/bench_analysis.py
 	$(BIN)/python tests/benchmarks/bench_scale.py
 

@@ -1,8 +1,16 @@
 """abkit: experimentation and A/B testing for ML model versions."""
 
-from abkit.core.assignment import Assignment, Catalog, CompiledExperiment, Exposure, assign
+from abkit.core.assignment import Assignment, Catalog, CompiledExperiment, assign
 from abkit.core.hashing import bucket
-from abkit.core.model import Arm, Experiment, ExperimentStatus, Holdout, LayerSegment, Reason
+from abkit.core.model import (
+    Arm,
+    Experiment,
+    ExperimentStatus,
+    Exposure,
+    Holdout,
+    LayerSegment,
+    Reason,
+)
 from abkit.errors import (
     AbkitError,
     AuthenticationError,

@@ -41,24 +41,36 @@ class Settings:
     grpc_processes: int = 1
     """Processes of ``abkit grpc`` sharing its port (``SO_REUSEPORT``, Linux): one Python process
     serves about one core's worth of RPCs, so set it to the cores the server may use. Each
-    process has its own writers and spool (``<spool>/process-<i>``); ``abkit grpc`` supervises
-    them and stops them all when one dies."""
+    process has its own journal (``<spool>/process-<i>``); ``abkit grpc`` supervises them and
+    stops them all when one dies."""
     grpc_grace_seconds: float = 10.0
     """On shutdown, in-flight RPCs get this long to finish."""
     config_refresh_seconds: float = 2.0
     """How often the server reloads experiment config from the store."""
     writer_batch_size: int = 2000
-    """Exposures/events written per database round trip."""
+    """Most exposures and events the journal's drain writes to the store in one transaction."""
     writer_flush_seconds: float = 0.2
-    """Longest time an accepted exposure or event waits in memory before a flush."""
-    writer_queue_size: int = 100_000
-    """Bounded in-memory queue of the writer; beyond it records are counted as dropped."""
+    """Longest a durable row waits in the journal before the drain looks for it."""
     spool_dir: str = ""
-    """Where exposures and events wait on disk while the store is unreachable (fsync'd, replayed
-    in order when it returns). Default: next to an SQLite file (``abkit.db-spool``), else
-    ``./abkit-spool``. ``off`` disables it (records then wait in memory only)."""
+    """The local journal: every accepted exposure and event is appended here (group-committed,
+    fsync'd) before the answer that accepts it, and copied from here into the store (in order,
+    idempotently; kept while the store is unreachable). Default: next to an SQLite file
+    (``abkit.db-spool``), else ``./abkit-spool``. ``off`` keeps the journal in memory: nothing
+    acknowledged survives the process (for tests and throwaway demos only)."""
     spool_max_mb: int = 1024
-    """Bound of the spool per writer; when full, Track answers UNAVAILABLE (back-pressure)."""
+    """Bound of the journal's rows not yet in the store; when reached, Track (and Assign with
+    durable exposures) answers UNAVAILABLE until the store catches up (back-pressure)."""
+    exposure_durability: str = "sync"
+    """``sync``: an Assign answer that reports ``in_experiment`` is sent only after its exposure
+    is durable in the journal. ``async``: the answer does not wait for the fsync; a crash can
+    lose the exposures of the last group commit (see the reliability documentation). Events are
+    always durable before the answer."""
+    durability_timeout_seconds: float = 5.0
+    """Longest an RPC waits for its rows to become durable before it answers UNAVAILABLE."""
+    commit_delay_seconds: float = 0.0005
+    """How long the journal lets concurrent calls gather before an fsync it was asked for
+    (PostgreSQL's ``commit_delay``): fuller group commits, fewer fsyncs, a little latency.
+    0 syncs at once."""
     api_token: str = ""
     """When set, Track/TrackBatch (and Assign, see below) need ``authorization: Bearer <token>``."""
     api_token_for_assign: bool = False
@@ -92,7 +104,7 @@ class Settings:
 
     @property
     def spool_path(self) -> str | None:
-        """The spool directory to use, or None when disabled."""
+        """The journal's directory, or None for a journal in memory."""
         if self.spool_dir.lower() == "off":
             return None
         if self.spool_dir:
@@ -122,7 +134,6 @@ class Settings:
             "grpc_workers",
             "grpc_processes",
             "writer_batch_size",
-            "writer_queue_size",
             "spool_max_mb",
         ):
             if getattr(self, name) < 1:
@@ -136,10 +147,20 @@ class Settings:
             "config_refresh_seconds",
             "writer_flush_seconds",
             "worker_tick_seconds",
+            "durability_timeout_seconds",
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValidationError(f"ABKIT_{name.upper()}", "must be a positive number")
+        if not (math.isfinite(self.commit_delay_seconds) and 0 <= self.commit_delay_seconds < 1):
+            raise ValidationError(
+                "ABKIT_COMMIT_DELAY_SECONDS", "must be a number of seconds in [0, 1)"
+            )
+        if self.exposure_durability not in ("sync", "async"):
+            raise ValidationError(
+                "ABKIT_EXPOSURE_DURABILITY",
+                f"must be sync or async, got {self.exposure_durability!r}",
+            )
         if not self.database_url:
             raise ValidationError("ABKIT_DATABASE_URL", "must not be empty")
         if bool(self.tls_cert) != bool(self.tls_key):

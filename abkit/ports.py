@@ -17,11 +17,10 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
-from abkit.core.assignment import Exposure
 from abkit.core.metrics import Metric
-from abkit.core.model import Event, Experiment, ModelStatus
+from abkit.core.model import Event, Experiment, Exposure, ModelStatus
 from abkit.core.policy import Policy
 
 if TYPE_CHECKING:  # the stats package imports scipy; the ports only need its types
@@ -119,6 +118,11 @@ class ExposureRepository(Protocol):
         """
         ...
 
+    def add_text(self, text: str, rows: int) -> int:
+        """:meth:`add` for ``rows`` exposures encoded as :func:`abkit.core.rows.encode_exposures`
+        text (what the journal and the stream carry); the same contract."""
+        ...
+
     def get(self, experiment_key: str, unit_id: str) -> Exposure | None: ...
 
     def counts(self, experiment_key: str) -> dict[str, int]:
@@ -137,6 +141,10 @@ class ExposureRepository(Protocol):
 class EventRepository(Protocol):
     def add(self, events: Sequence[Event]) -> int:
         """Insert events; an ``event_id`` already present is skipped. Returns how many were new."""
+        ...
+
+    def add_text(self, text: str, rows: int) -> int:
+        """:meth:`add` for ``rows`` events encoded as :func:`abkit.core.rows.encode_events`."""
         ...
 
     def get(self, event_id: str) -> Event | None: ...
@@ -262,14 +270,19 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-T_contra = TypeVar("T_contra", contravariant=True)
+class Receipt(Protocol):
+    def wait(self, timeout: float) -> bool:
+        """Block until the recorded rows are durable; False on timeout or failure."""
+        ...
 
 
-class Sink(Protocol[T_contra]):
-    """Where accepted exposures or events go (a background writer, a stream publisher)."""
+class Recorder(Protocol):
+    """Where accepted exposures (or events) go: the local journal, or the stream."""
 
-    def submit(self, items: Sequence[T_contra]) -> bool:
-        """Take all of ``items`` or none of them; False when refused (full, closing)."""
+    def record(self, text: str, rows: int) -> Receipt:
+        """Take ``rows`` rows encoded as :mod:`abkit.core.rows` text, all or none. Raises
+        :class:`~abkit.errors.StoreUnavailableError` when they cannot be kept (full, closing,
+        failed); the receipt tells when they are durable."""
         ...
 
 

@@ -6,8 +6,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from abkit.core.assignment import Exposure
-from abkit.core.model import Event
+from abkit.core.model import Event, Exposure
 from abkit.core.policy_document import policy_from_dict
 from abkit.core.spec import experiment_from_dict
 from abkit.ports import Store

@@ -29,7 +29,7 @@ def _run_grpc(
     """Serve until SIGTERM/SIGINT; ``process`` = (index, count) of ``abkit grpc --processes``."""
     from abkit.infra import telemetry
     from abkit.infra.instruments import WorkerMetrics
-    from abkit.rpc.processes import adopt_orphan_spools, process_spool, watch_supervisor
+    from abkit.rpc.processes import orphan_journals, process_spool, watch_supervisor
     from abkit.rpc.server import build_server
     from abkit.worker import Worker
 
@@ -38,15 +38,17 @@ def _run_grpc(
         watch_supervisor(os.getppid())
     with errors():
         root = ctx.settings.spool_path
+        orphans: list[str] = []
         if root is not None:
             if index == 0:
-                adopt_orphan_spools(root, count)
+                orphans = orphan_journals(root, count)
             ctx.settings = replace(ctx.settings, spool_dir=process_spool(root, index))
         tel = telemetry.configure(ctx.settings, "abkit" if with_worker else "abkit-grpc")
         runtime = ctx.runtime()
         # Bound (not started) before any thread runs: a busy port fails fast, cleanly.
         web = _bind_web(ctx, runtime, web_address) if web_address is not None else None
         runtime.start()
+        runtime.adopt_journals(orphans)
         if not runtime.config.loaded:
             log.warning(
                 "experiment config not loaded yet (%s); retrying in the background",

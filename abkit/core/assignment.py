@@ -30,32 +30,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import accumulate
-from typing import NamedTuple
 
 from abkit.core.hashing import below, coverage_seed, holdout_seed, layer_seed, sha256
-from abkit.core.model import Experiment, ExperimentStatus, Reason, validate_catalog
+from abkit.core.model import Experiment, ExperimentStatus, Exposure, Reason, validate_catalog
+from abkit.core.rows import exposure_head
 from abkit.core.targeting import Attributes, compile_condition
 from abkit.errors import NotFoundError
 
 _NO_ATTRIBUTES: Mapping[str, str] = {}
-
-
-class Exposure(NamedTuple):
-    """A unit was randomized into an arm, when and under which trace: one row of ``exposures``.
-
-    A named tuple rather than a frozen dataclass on purpose: one is built per randomized request,
-    it is immutable either way, and a tuple is both cheaper to build and already the row shape the
-    batched writer hands to the database.
-    """
-
-    experiment_key: str
-    unit_id: str
-    arm_key: str
-    model_version: str
-    config_checksum: str
-    exposed_at: datetime
-    trace_id: str = ""
-    span_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +53,19 @@ class Assignment:
     """True when the unit was randomized (reason SPLIT): only these are logged and analysed.
     A field, not a property: it is read for every answer on the hot path."""
 
+    row_head: str = field(init=False, compare=False, repr=False)
+    """The part of its exposure rows this answer fixes, encoded (:func:`abkit.core.rows.
+    exposure_head`): a row is then this, the request's time and trace, and the unit."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "in_experiment", self.reason is Reason.SPLIT)
+        object.__setattr__(
+            self,
+            "row_head",
+            exposure_head(
+                self.experiment_key, self.arm_key, self.model_version, self.config_checksum
+            ),
+        )
 
     def exposure(
         self, unit_id: str, exposed_at: datetime, trace_id: str = "", span_id: str = ""

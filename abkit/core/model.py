@@ -60,6 +60,24 @@ class Reason(StrEnum):
     ERROR = "ERROR"  # client side only: evaluation failed, the caller's default was returned
 
 
+class Exposure(NamedTuple):
+    """A unit was randomized into an arm, when and under which trace: one row of ``exposures``.
+
+    A named tuple rather than a frozen dataclass on purpose: rows are built by the thousand when
+    the journal is decoded for a store, they are immutable either way, and a tuple is already
+    the row shape an insert takes.
+    """
+
+    experiment_key: str
+    unit_id: str
+    arm_key: str
+    model_version: str
+    config_checksum: str
+    exposed_at: datetime
+    trace_id: str = ""
+    span_id: str = ""
+
+
 class Event(NamedTuple):
     """A business KPI event: one row of ``events``.
 

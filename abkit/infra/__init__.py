@@ -1,7 +1,8 @@
 """Infrastructure the use cases run on, behind the ports:
 
-* :mod:`~abkit.infra.writer` -- batched, background writing of exposures and events;
-* :mod:`~abkit.infra.spool` -- the bounded on-disk log they wait in while the store is away;
+* :mod:`~abkit.infra.journal` -- the local journal: every accepted exposure and event is made
+  durable here (group-committed) before the answer; :mod:`~abkit.infra.recorder` appends to it,
+  :mod:`~abkit.infra.drain` copies it into the store;
 * :mod:`~abkit.infra.notify` -- decision webhooks;
 * :mod:`~abkit.infra.telemetry` -- OpenTelemetry set-up (the only place that configures
   providers and exporters) and :mod:`~abkit.infra.instruments`, the metrics it records;

@@ -5,20 +5,21 @@ instrument                    kind       attributes / meaning
 ============================  =========  =========================================================
 ``rpc.server.duration``       histogram  ms per RPC; ``rpc.method``, ``rpc.grpc.status_code``
 ``abkit.assignments``         counter    ``abkit.experiment``, ``abkit.arm``, ``abkit.reason``
-``abkit.records.written``     counter    rows inserted; ``abkit.infra.writer`` = exposures|events
-``abkit.records.spooled``     counter    rows sent to the on-disk spool (store down)
-``abkit.records.replayed``    counter    spooled rows written after the store came back
-``abkit.records.dropped``     counter    rows refused (queue full, shutting down)
-``abkit.infra.writer.queue_depth``  gauge      rows waiting in memory
-``abkit.infra.spool.bytes``         gauge      bytes waiting on disk
+``abkit.records.accepted``    counter    rows made durable in the journal (all kinds)
+``abkit.records.written``     counter    rows inserted into the store; ``abkit.writer`` =
+                                         exposures|events
+``abkit.records.dropped``     counter    rows refused (journal full or failed); ``abkit.writer``
+``abkit.writer.queue_depth``  gauge      rows accepted, not yet in the store (the backlog)
+``abkit.spool.bytes``         gauge      bytes of the journal not yet in the store
+``abkit.journal.syncs``       counter    group commits (one fsync each)
 ``abkit.store.errors``        counter    failed writes and failed config refreshes
 ``abkit.store.up``            gauge      1 when the store accepts writes, else 0
 ``abkit.looks``               counter    worker looks; ``abkit.action``
 ============================  =========  =========================================================
 
-Observable instruments read the writers' counters when the SDK collects, so the request path pays
-nothing for them. The assignments counter is aggregated per RPC (one ``add`` per distinct
-experiment, arm and reason of the call, not one per unit).
+Observable instruments read the journal's and the drain's counters when the SDK collects, so
+the request path pays nothing for them. The assignments counter is aggregated per RPC (one
+``add`` per distinct experiment, arm and reason of the call, not one per unit).
 """
 
 from __future__ import annotations
@@ -26,17 +27,17 @@ from __future__ import annotations
 import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from abkit.core.assignment import Assignment
 
 if TYPE_CHECKING:
-    from abkit.infra.writer import BufferedWriter
+    from abkit.infra.recorder import JournalRecorder
     from abkit.runtime import Runtime
 
-WRITER = "abkit.infra.writer"
+WRITER = "abkit.writer"
 
 
 class RpcMetrics:
@@ -82,63 +83,61 @@ class RpcMetrics:
 
 
 def observe_runtime(meter: Meter, runtime: Runtime) -> None:
-    """Register the observable instruments that read ``runtime``'s writers and store state."""
-    writers: dict[str, BufferedWriter[Any]] = {
-        "exposures": runtime.exposure_writer,
-        "events": runtime.event_writer,
+    """Register the observable instruments that read ``runtime``'s journal, drain and store."""
+    recorders: dict[str, JournalRecorder] = {
+        "exposures": runtime.exposure_recorder,
+        "events": runtime.event_recorder,
     }
 
-    def counter(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        def callback(_options: CallbackOptions) -> Iterable[Observation]:
-            return [
-                Observation(getattr(w.stats(), field), {WRITER: name})
-                for name, w in writers.items()
-            ]
+    def observe(
+        read: Callable[[], Iterable[Observation]],
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        return lambda _options: read()
 
-        return callback
+    def written() -> Iterable[Observation]:
+        by_kind = runtime.drain.stats().written
+        return [Observation(n, {WRITER: kind}) for kind, n in by_kind.items()]
 
-    for name, field, description in (
-        ("abkit.records.written", "written", "Rows inserted into the store"),
-        ("abkit.records.spooled", "spooled", "Rows spooled to disk while the store was down"),
-        ("abkit.records.replayed", "replayed", "Spooled rows written after the store returned"),
-        ("abkit.records.dropped", "dropped", "Rows refused: queue full or shutting down"),
-    ):
-        meter.create_observable_counter(
-            name,
-            callbacks=[counter(field)],
-            unit="{row}",
-            description=description,
-        )
+    def dropped() -> Iterable[Observation]:
+        return [Observation(r.refused, {WRITER: kind}) for kind, r in recorders.items()]
 
-    def queue_depth(_options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(w.stats().queued, {WRITER: name}) for name, w in writers.items()]
+    def accepted() -> Iterable[Observation]:
+        return [Observation(runtime.journal.stats().durable_rows)]
 
-    def spool_bytes(_options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(w.stats().spool_bytes, {WRITER: name}) for name, w in writers.items()]
+    def syncs() -> Iterable[Observation]:
+        return [Observation(runtime.journal.stats().syncs)]
 
-    def store_errors(_options: CallbackOptions) -> Iterable[Observation]:
-        failures = sum(w.stats().failed_flushes for w in writers.values())
-        return [Observation(failures + runtime.config.failures)]
+    def backlog() -> Iterable[Observation]:
+        return [Observation(runtime.journal.stats().backlog_rows)]
 
-    def store_up(_options: CallbackOptions) -> Iterable[Observation]:
+    def journal_bytes() -> Iterable[Observation]:
+        stats = runtime.journal.stats()
+        return [Observation(stats.backlog_bytes + stats.pending_bytes)]
+
+    def store_errors() -> Iterable[Observation]:
+        return [Observation(runtime.drain.stats().failed_batches + runtime.config.failures)]
+
+    def store_up() -> Iterable[Observation]:
         return [Observation(0 if runtime.degraded else 1)]
 
-    meter.create_observable_gauge(
-        "abkit.infra.writer.queue_depth", callbacks=[queue_depth], unit="{row}",
-        description="Rows waiting in memory to be written",
-    )  # fmt: skip
-    meter.create_observable_gauge(
-        "abkit.infra.spool.bytes", callbacks=[spool_bytes], unit="By",
-        description="Bytes waiting in the on-disk spool",
-    )  # fmt: skip
-    meter.create_observable_counter(
-        "abkit.store.errors", callbacks=[store_errors], unit="{error}",
-        description="Failed writes and failed config refreshes",
-    )  # fmt: skip
-    meter.create_observable_gauge(
-        "abkit.store.up", callbacks=[store_up], unit="1",
-        description="1 when the store accepts writes and config refreshes, else 0",
-    )  # fmt: skip
+    for name, read, unit, description in (
+        ("abkit.records.accepted", accepted, "{row}", "Rows made durable in the journal"),
+        ("abkit.records.written", written, "{row}", "Rows inserted into the store"),
+        ("abkit.records.dropped", dropped, "{row}", "Rows refused: the journal full or failed"),
+        ("abkit.journal.syncs", syncs, "{sync}", "Group commits of the journal (one fsync each)"),
+        ("abkit.store.errors", store_errors, "{error}", "Failed writes and config refreshes"),
+    ):
+        meter.create_observable_counter(
+            name, callbacks=[observe(read)], unit=unit, description=description
+        )
+    for name, read, unit, description in (
+        ("abkit.writer.queue_depth", backlog, "{row}", "Rows accepted, not yet in the store"),
+        ("abkit.spool.bytes", journal_bytes, "By", "Bytes of the journal not yet in the store"),
+        ("abkit.store.up", store_up, "1", "1 when the store accepts writes, else 0"),
+    ):
+        meter.create_observable_gauge(
+            name, callbacks=[observe(read)], unit=unit, description=description
+        )
 
 
 class WorkerMetrics:

@@ -46,6 +46,26 @@ def unit_request_from_proto(request: Any, index: int | None = None) -> UnitReque
     return UnitRequest(request.unit_id, values, (keys[0],) if len(keys) == 1 else tuple(keys))
 
 
+def unit_requests_from_proto(requests: Any) -> list[UnitRequest]:
+    """The units of an ``AssignBatchRequest``: :func:`unit_request_from_proto` for each, with the
+    common case (no attributes) in one tight loop -- this runs for every unit of every batch."""
+    units: list[UnitRequest] = []
+    append = units.append
+    build = tuple.__new__  # UnitRequest's fields, without its Python-level constructor
+    for i, r in enumerate(requests):
+        if r.attributes:
+            append(unit_request_from_proto(r, i))
+            continue
+        keys = r.experiment_keys
+        append(
+            build(
+                UnitRequest,
+                (r.unit_id, _NO_ATTRIBUTES, (keys[0],) if len(keys) == 1 else tuple(keys)),
+            )
+        )
+    return units
+
+
 def assignment_to_proto(a: Assignment) -> Any:
     return pb.Assignment(
         experiment_key=a.experiment_key,

@@ -12,10 +12,10 @@ The supervisor holds no gRPC object and no store connection. It relays the first
 (SIGTERM, SIGINT) to every process and exits 0 when they all did; when a process dies on its own
 it stops the others and exits 1, so the container or unit restarts the whole server -- partial
 capacity behind one health endpoint would hide the failure. Each process is a full server:
-its own config refresher, writers and spool directory (``<spool>/process-<i>``; process 0 uses
-the spool itself, so a single-process server and process 0 share it), health and reflection
-services. A spool left by a process index that no longer exists (the count went down) is
-adopted by process 0 before it starts (:func:`abkit.infra.spool.adopt`), so nothing accepted is
+its own config refresher, journal (``<spool>/process-<i>``; process 0 uses the root itself, so a
+single-process server and process 0 share it), health and reflection services. A journal left
+by a process index that no longer exists (the count went down) is drained by process 0
+(:func:`orphan_journals`, :meth:`abkit.runtime.Runtime.adopt_journals`), so nothing accepted is
 stranded.
 """
 
@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from abkit.errors import ValidationError
-from abkit.infra.spool import SpoolInUse, adopt
 
 log = logging.getLogger(__name__)
 
@@ -44,36 +43,23 @@ STARTUP_TIMEOUT_SECONDS = 60.0
 
 
 def process_spool(root: str, index: int) -> str:
-    """Spool root of server process ``index``: the configured root for process 0."""
+    """Journal directory of server process ``index``: the configured root for process 0."""
     return root if index == 0 else str(Path(root) / f"{PROCESS_DIR_PREFIX}{index}")
 
 
-def adopt_orphan_spools(root: str, count: int) -> int:
-    """Move the spools of process indexes >= ``count`` into process 0's; segments moved.
-
-    Call from process 0 (or a single-process server) before its writers open their spools.
-    A directory still held by a live process (an older server draining) is left alone.
-    """
-    moved = 0
+def orphan_journals(root: str, count: int) -> list[str]:
+    """The journal directories of process indexes >= ``count`` (the count went down): process
+    0 (or a single-process server) drains them into the store, so nothing accepted by a
+    process of an earlier, larger server is stranded."""
     base = Path(root)
     if not base.is_dir():
-        return 0
+        return []
+    found = []
     for directory in sorted(base.glob(f"{PROCESS_DIR_PREFIX}*")):
         suffix = directory.name.removeprefix(PROCESS_DIR_PREFIX)
-        if not suffix.isdigit() or int(suffix) < count:
-            continue
-        for kind in ("exposures", "events"):
-            if not (directory / kind).is_dir():
-                continue
-            try:
-                n = adopt(base / kind, directory / kind)
-            except SpoolInUse as exc:
-                log.warning("not adopting %s: %s", directory / kind, exc)
-                continue
-            if n:
-                log.warning("adopted %d spool segment(s) of %s", n, directory / kind)
-            moved += n
-    return moved
+        if suffix.isdigit() and int(suffix) >= count:
+            found.append(str(directory))
+    return found
 
 
 def split_address(address: str) -> tuple[str, int]:

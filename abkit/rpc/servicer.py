@@ -52,8 +52,7 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
 
     @rpc
     def AssignBatch(self, request: Any, context: grpc.ServicerContext, trace: TraceRef) -> Any:
-        from_proto = convert.unit_request_from_proto
-        units = [from_proto(r, i) for i, r in enumerate(request.requests)]
+        units = convert.unit_requests_from_proto(request.requests)
         results = self._service.assign_batch(units, trace)
         if self.metrics is not None:
             self.metrics.count_assignments(results)

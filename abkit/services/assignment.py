@@ -1,8 +1,11 @@
 """The assignment use case: Assign and Track.
 
 Validate the request, assign from the cached config (:class:`~abkit.services.config.ConfigCache`)
-with the pure core, and hand exposures and events to the sinks (background writers): the request
-path never waits on the database.
+with the pure core, and hand exposures and events to the recorders (the local journal, or the
+stream). **Nothing acknowledged is lost**: a Track answer, and an Assign answer that reports
+``in_experiment`` (with ``Durability.SYNC``, the default), is returned only once the recorder
+says its rows are durable -- a group commit shared by every concurrent call -- and a call whose
+rows cannot be kept answers UNAVAILABLE instead. The request path never waits on the database.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import NamedTuple
 
-from abkit.core.assignment import Assignment, Catalog, CompiledExperiment, Exposure
+from abkit.core.assignment import Assignment, Catalog, CompiledExperiment
 from abkit.core.limits import (
     MAX_EXPERIMENT_KEYS,
     MAX_UNIT_ID_BYTES,
@@ -27,9 +31,10 @@ from abkit.core.limits import (
     check_value,
 )
 from abkit.core.model import Event, check_key
+from abkit.core.rows import encode_events, escape, row_tail
 from abkit.core.targeting import AttributeValue
 from abkit.errors import NotFoundError, StoreUnavailableError, ValidationError
-from abkit.ports import Clock, Sink
+from abkit.ports import Clock, Recorder
 from abkit.services.config import ConfigCache
 
 log = logging.getLogger(__name__)
@@ -91,22 +96,34 @@ class RecentKeys:
             self._previous, self._current = self._current, set()
 
 
+class Durability(StrEnum):
+    """Whether an Assign answer waits for its exposures to be durable (events always do)."""
+
+    SYNC = "sync"
+    ASYNC = "async"
+
+
 class AssignmentService:
     """Assign units and accept KPI events; the request path never waits on the database."""
 
     def __init__(
         self,
         config: ConfigCache,
-        exposures: Sink[Exposure],
-        events: Sink[Event],
+        exposures: Recorder,
+        events: Recorder,
         clock: Clock,
         pseudonymize: Callable[[str], str] | None = None,
         recent_exposures: int = 200_000,
+        *,
+        durability: Durability = Durability.SYNC,
+        durable_timeout: float = 5.0,
     ) -> None:
         self._config = config
         self._exposures = exposures
         self._events = events
         self._clock = clock
+        self._sync = durability is Durability.SYNC
+        self._timeout = durable_timeout
         # With ABKIT_UNIT_ID_KEY, rows store HMAC(key, unit id); assignment hashes the raw id.
         self._stored_id = pseudonymize or _identity
         # Only the first exposure of a unit is stored; a unit asking again (the common case)
@@ -137,27 +154,45 @@ class AssignmentService:
     ) -> list[list[Assignment]]:
         # Resolve every key first: an unknown key fails the call before anything is logged.
         resolved = _resolve(self._config.catalog, requests, batched=batched)
-        now = self._clock.now()
         results: list[list[Assignment]] = []
-        exposures: list[Exposure] = []
+        # Exposure rows are encoded right here (abkit.core.rows): the answer's own part is
+        # prebuilt on the answer, the request's time and trace once per call.
+        lines: list[str] = []
         keys: list[tuple[str, str]] = []
         logged = self._logged
+        tail = ""
         for request, experiments in zip(requests, resolved, strict=True):
             unit_id, attributes = request.unit_id, request.attributes
             answers = [e.assign(unit_id, attributes) for e in experiments]
             stored_id = None
             for a in answers:
                 if a.in_experiment and (key := (a.experiment_key, unit_id)) not in logged:
-                    stored_id = stored_id or self._stored_id(unit_id)
-                    exposures.append(a.exposure(stored_id, now, trace.trace_id, trace.span_id))
+                    if stored_id is None:
+                        stored_id = escape(self._stored_id(unit_id))
+                        tail = tail or row_tail(self._clock.now(), trace.trace_id, trace.span_id)
+                    lines.append(f"{a.row_head}{tail}{stored_id}\n")
                     keys.append(key)
             results.append(answers)
-        if exposures:
-            if self._exposures.submit(exposures):
-                logged.update(keys)
-            else:
-                log.warning("exposure queue full: %d exposures dropped", len(exposures))
+        if lines:
+            self._record_exposures("".join(lines), len(lines))
+            logged.update(keys)
         return results
+
+    def _record_exposures(self, text: str, rows: int) -> None:
+        """Durable before the answer (sync), or handed over without waiting (async)."""
+        try:
+            receipt = self._exposures.record(text, rows)
+        except StoreUnavailableError as exc:
+            if self._sync:
+                raise StoreUnavailableError(
+                    f"exposures cannot be recorded right now ({exc}); retry shortly"
+                ) from exc
+            log.warning("exposures not recorded, %d dropped: %s", rows, exc)
+            return
+        if self._sync and not receipt.wait(self._timeout):
+            raise StoreUnavailableError(
+                f"exposures were not durable within {self._timeout:g} s; retry shortly"
+            )
 
     def track(self, item: TrackInput, trace: TraceRef = NO_TRACE) -> Event:
         return self.track_batch([item], trace, single=True)[0]
@@ -174,9 +209,16 @@ class AssignmentService:
         ]
         if self._stored_id is not _identity:
             events = [e._replace(unit_id=self._stored_id(e.unit_id)) for e in events]
-        if not self._events.submit(events):
+        try:
+            receipt = self._events.record(encode_events(events), len(events))
+        except StoreUnavailableError as exc:
             raise StoreUnavailableError(
-                "the event queue is full; retry with the same event_id shortly"
+                f"events cannot be recorded right now ({exc}); retry with the same event_id shortly"
+            ) from exc
+        if not receipt.wait(self._timeout):
+            raise StoreUnavailableError(
+                f"events were not durable within {self._timeout:g} s; retry with the same "
+                "event_id shortly"
             )
         return events
 

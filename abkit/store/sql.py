@@ -14,21 +14,28 @@ from sqlalchemy import Connection, Engine, Insert, func, insert, select, text, u
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
-from abkit.core.assignment import Exposure
 from abkit.core.model import (
     Arm,
     Event,
     Experiment,
     ExperimentStatus,
+    Exposure,
     Holdout,
     LayerSegment,
     ModelStatus,
 )
 from abkit.core.policy_document import policy_to_dict, read_policy
+from abkit.core.rows import (
+    EVENT_COLUMNS,
+    EXPOSURE_COLUMNS,
+    decode_events,
+    decode_exposures,
+    encode_events,
+    encode_exposures,
+)
 from abkit.core.targeting import parse_condition
 from abkit.errors import ConflictError, NotFoundError, SchemaOutOfDateError, StoreUnavailableError
 from abkit.ports import AuditEntry, DecisionRecord, ExperimentRecord, ModelVersion
-from abkit.store import copy_text
 from abkit.store.analysis import SqlAnalysis
 from abkit.store.engine import create_store_engine
 from abkit.store.schema import Base
@@ -280,14 +287,21 @@ class SqlExposures:
             return 0
         if self._conn.dialect.name == "postgresql" and len(exposures) >= COPY_THRESHOLD:
             # Earliest first: within a batch, the first exposure of a unit is the one kept.
-            text = copy_text.exposure_text(exposures)
-            columns = copy_text.EXPOSURE_COLUMNS
-            return copy_insert(self._conn, "exposures", columns, text, "exposed_at", len(exposures))
+            text = encode_exposures(exposures)
+            return self.add_text(text, len(exposures))
         # RETURNING counts the rows actually inserted; SQLAlchemy batches the executemany into
         # multi-row INSERTs ("insertmanyvalues") on both backends.
         stmt = _insert_ignoring_duplicates(self._conn, _EXPOSURES).returning(_EXPOSURES.c.unit_id)
         ordered = sorted(exposures, key=_exposed_at)  # the earliest of a unit's rows is kept
         return len(self._conn.execute(stmt, [e._asdict() for e in ordered]).all())
+
+    def add_text(self, text: str, rows: int) -> int:
+        """Rows in :mod:`abkit.core.rows` text: PostgreSQL copies them as they are."""
+        if not rows:
+            return 0
+        if self._conn.dialect.name == "postgresql":
+            return copy_insert(self._conn, "exposures", EXPOSURE_COLUMNS, text, "exposed_at", rows)
+        return self.add(decode_exposures(text))
 
     def get(self, experiment_key: str, unit_id: str) -> Exposure | None:
         row = self._conn.execute(
@@ -337,11 +351,17 @@ class SqlEvents:
         if not events:
             return 0
         if self._conn.dialect.name == "postgresql" and len(events) >= COPY_THRESHOLD:
-            text = copy_text.event_text(events)
-            columns = copy_text.EVENT_COLUMNS
-            return copy_insert(self._conn, "events", columns, text, "occurred_at", len(events))
+            return self.add_text(encode_events(events), len(events))
         stmt = _insert_ignoring_duplicates(self._conn, _EVENTS).returning(_EVENTS.c.id)
         return len(self._conn.execute(stmt, [e._asdict() for e in events]).all())
+
+    def add_text(self, text: str, rows: int) -> int:
+        """Rows in :mod:`abkit.core.rows` text: PostgreSQL copies them as they are."""
+        if not rows:
+            return 0
+        if self._conn.dialect.name == "postgresql":
+            return copy_insert(self._conn, "events", EVENT_COLUMNS, text, "occurred_at", rows)
+        return self.add(decode_events(text))
 
     def get(self, event_id: str) -> Event | None:
         row = self._conn.execute(

@@ -1,30 +1,29 @@
-"""Benchmark: gRPC Assign and AssignBatch of an abkit server against an empty-handler server.
+"""Benchmark: gRPC Assign and AssignBatch of abkit against an empty-handler server, every call a
+new unit whose exposure is written -- and verified -- in PostgreSQL.
 
-The servers run as separate processes on this machine, the same thread-pool gRPC server, the
-same service and message types; the baseline's handlers do nothing (``abkit.tools.loadtest``). abkit
-runs as ``abkit grpc`` with exposure logging into PostgreSQL, in two configurations:
+**Generator.** ``tests/benchmarks/loadgen`` (Go; ``make bench-tools`` builds it): it builds every
+request's body on the fly, so each call asks for units never seen before (``-units new``, a unit
+id prefix unique to the run), or cycles a warmed pool (``-units returning``). h2load, which sends
+one fixed body, can only measure returning units. A call counts only with ``grpc-status: 0`` and
+a well-formed reply; a run with any error is invalid and the benchmark stops.
 
-* **default** -- no exporter configured: the caller's trace context is read and every row gets
-  its trace id and a span id, but no span is recorded (nothing would receive it) and no metric
-  is measured (no reader);
-* **spans recorded** -- ``OTEL_TRACES_SAMPLER=always_on``: a full SERVER span per RPC (ended and
-  handed to the SDK; with no exporter it goes no further).
+**Runs.** Per round, interleaved, for ``Assign`` and ``AssignBatch`` (100 units a call) and for 1
+and 2 server processes (``abkit grpc --processes``; the baseline's processes share a port the
+same way), each on a **fresh database and fresh server processes**:
 
-Each load runs against each server, interleaved, in the same run:
+* ``baseline`` -- ``python -m abkit.tools.loadtest``: same gRPC server, service and messages, the
+  handlers return an empty answer;
+* ``new`` -- abkit, new units, exposures durable before the answer (the default,
+  ``ABKIT_EXPOSURE_DURABILITY=sync``: the local journal's group commit);
+* ``new-async`` -- the same with ``ABKIT_EXPOSURE_DURABILITY=async``;
+* ``returning`` -- abkit, a pool of 1,000 units asked once before the measurement: nothing new to
+  write.
 
-* ``h2load`` (Debian's nghttp2-client, C): sends pre-serialized gRPC frames, so the client
-  costs almost nothing and the server is what is measured -- the primary figures. Its body is
-  fixed, so every call asks for the same unit(s): a returning user, whose first exposure is
-  already logged (abkit logs first exposures only);
-* ``abkit loadtest`` (Python asyncio): a new unit on every call, so every Assign writes an
-  exposure row -- the writer and PostgreSQL under load, in the same process.
-
-``AssignBatch`` is also measured with ``--processes N`` (default: the machine's cores): N abkit
-server processes sharing the port, against N empty-handler processes sharing a port the same way,
-both with 16 h2load connections so the kernel spreads them over the processes.
-
-Goals (issue #8): Assign >= 0.8x the baseline's throughput; AssignBatch (100 units a call)
->= 150,000 assignments/s with logging on; p99 latency reported at half the maximum load.
+After each abkit run the server is stopped (SIGTERM: it drains its journal) and the
+``exposures`` table must hold exactly the units the run asked for (coverage 1, no targeting:
+every answer is ``in_experiment``); otherwise the run is invalid. CPU seconds of the servers,
+the PostgreSQL backends and the generator during the measured window are reported: on this
+2-core machine all three share the cores.
 
     .venv/bin/python tests/benchmarks/bench_grpc.py [--seconds 10] [--rounds 3]
 """
@@ -35,239 +34,219 @@ import argparse
 import json
 import os
 import re
-import shutil
+import resource
+import signal
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlalchemy as sa
 from common import scratch_database
 
 from abkit.rpc.processes import reserve_port
-from abkit.tools.loadtest import run_load
-from abkit.v1 import assignment_pb2 as pb
+from abkit.store.engine import create_store_engine
 
 ROOT = Path(__file__).parents[2]
+LOADGEN = Path(os.environ.get("ABKIT_LOADGEN", ROOT / ".bench-venv" / "loadgen"))
 EXPERIMENT = """
 key: bench
 arms:
   - {key: control, model_version: v1, weight: 0.5, control: true}
   - {key: treatment, model_version: v2, weight: 0.5}
 """
+KINDS = ("baseline", "new", "new-async", "returning")
+POOL = 1000
 
 
-def frame(message: object) -> bytes:
-    payload = message.SerializeToString()  # type: ignore[attr-defined]
-    return struct.pack(">BI", 0, len(payload)) + payload
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
-def h2load(
-    port: int, method: str, body: Path, seconds: float, clients: int = 4, streams: int = 16
-) -> dict[str, float]:
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            listed = task / "children"
+            todo += [int(c) for c in listed.read_text().split()] if listed.exists() else []
+    return found
+
+
+def postgres_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-x", "postgres"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def loadgen(port: int, method: str, seconds: float, prefix: str, *extra: str) -> dict[str, object]:
+    """One run of the generator: its JSON report, with its CPU seconds added."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
-        [
-            "h2load", "-D", f"{seconds:g}", "-c", str(clients), "-m", str(streams), "-t", "1",
-            "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
-            f"http://127.0.0.1:{port}/abkit.v1.AssignmentService/{method}",
-        ],
-        capture_output=True, text=True, check=False,  # exits 1 when -D ends with calls in flight
+        [str(LOADGEN), "-addr", f"127.0.0.1:{port}", "-method", method, "-d", f"{seconds}s",
+         "-prefix", prefix, "-experiment", "bench", "-c", "4", "-m", "16", *extra],
+        capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    found = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
-    if found is None:
-        raise SystemExit(f"h2load said:\n{out}")
-    rps = float(found.group(1))
-    ok = int(re.search(r"(\d+) succeeded", out).group(1))  # type: ignore[union-attr]
-    failed = int(re.search(r"(\d+) failed", out).group(1))  # type: ignore[union-attr]
-    return {"rps": rps, "succeeded": ok, "failed": failed}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    report: dict[str, object] = json.loads(out)
+    report["loadgen_cpu_s"] = (after.ru_utime + after.ru_stime) - (
+        before.ru_utime + before.ru_stime
+    )
+    if report["errors"]:
+        raise SystemExit(f"invalid run, errors: {report}")
+    return report
 
 
-def start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
+def _start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    port = int(re.search(r"port (\d+)", line).group(1))  # type: ignore[union-attr]
-    return proc, port
+    found = re.search(r"port (\d+)", line)
+    if found is None:
+        raise SystemExit(f"{args} did not start: {line!r}")
+    return proc, int(found.group(1))
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+@contextmanager
+def server(
+    kind: str, processes: int, env: dict[str, str], work: Path
+) -> Iterator[tuple[int, list[int]]]:
+    """A fresh server of ``kind``: yields (port, pids of its processes); stops it gracefully."""
+    procs: list[subprocess.Popen[str]] = []
+    reserved = None
+    if kind == "baseline":
+        reserved = reserve_port("127.0.0.1", 0)
+        port = reserved.getsockname()[1]
+        for _ in range(processes):
+            args = [sys.executable, "-m", "abkit.tools.loadtest", f"127.0.0.1:{port}"]
+            procs.append(_start(args, env)[0])
+    else:
+        journal = tempfile.mkdtemp(prefix="journal-", dir=work)
+        mode = "async" if kind == "new-async" else "sync"
+        args = [sys.executable, "-m", "abkit", "grpc", "--address", "127.0.0.1:0",
+                "--processes", str(processes)]  # fmt: skip
+        proc, port = _start(
+            args, {**env, "ABKIT_SPOOL_DIR": journal, "ABKIT_EXPOSURE_DURABILITY": mode}
+        )
+        procs.append(proc)
+    time.sleep(1.0)
+    try:
+        yield port, [d for p in procs for d in descendants(p.pid)]
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.communicate(timeout=120)
+            if kind != "baseline" and p.returncode != 0:
+                raise SystemExit(f"invalid run: the abkit server exited {p.returncode}")
+        if reserved is not None:
+            reserved.close()
+
+
+@dataclass
+class Run:
+    method: str
+    processes: int
+    kind: str
+    units_per_s: list[float] = field(default_factory=list)
+    p99_ms: list[float] = field(default_factory=list)
+    cpu: list[dict[str, float]] = field(default_factory=list)
+
+
+def one_run(run: Run, round_no: int, seconds: float) -> None:
+    with scratch_database() as url, tempfile.TemporaryDirectory(prefix="abkit-bench-") as tmp:
+        work = Path(tmp)
+        (work / "exp.yaml").write_text(EXPERIMENT)
+        env = {**os.environ, "ABKIT_DATABASE_URL": url}
+        subprocess.run(
+            [sys.executable, "-m", "abkit", "experiment", "apply", "-f", str(work / "exp.yaml"),
+             "--start"], env=env, check=True, capture_output=True,
+        )  # fmt: skip
+        prefix = f"r{round_no}-{run.method}-{run.processes}-{run.kind}-{time.time_ns()}"
+        extra: tuple[str, ...] = ()
+        with server(run.kind, run.processes, env, work) as (port, pids):
+            if run.kind == "returning":
+                extra = ("-units", "returning", "-pool", str(POOL))
+                warm = loadgen(port, "Assign", 60, prefix, "-units", "returning", "-pool",
+                               str(POOL), "-n", str(POOL), "-c", "1", "-m", "1")  # fmt: skip
+                assert warm["ok"] == POOL, warm
+            pg = postgres_pids()
+            before = (cpu_seconds(pids), cpu_seconds(pg))
+            report = loadgen(port, run.method, seconds, prefix, *extra)
+            after = (cpu_seconds(pids), cpu_seconds(postgres_pids()))
+        asked = int(report["units_asked"])  # type: ignore[call-overload]
+        if run.kind in ("new", "new-async"):
+            engine = create_store_engine(url)
+            with engine.connect() as conn:
+                stored = conn.execute(
+                    sa.text("SELECT count(*) FROM exposures WHERE unit_id LIKE :p"),
+                    {"p": f"{prefix}-%"},
+                ).scalar_one()
+            engine.dispose()
+            if stored != asked:
+                raise SystemExit(f"invalid run: {asked} units acknowledged, {stored} stored")
+    run.units_per_s.append(float(report["units_per_second"]))  # type: ignore[arg-type]
+    run.p99_ms.append(float(report["p99_ms"]))  # type: ignore[arg-type]
+    run.cpu.append(
+        {
+            "server_s": round(after[0] - before[0], 2),
+            "postgres_s": round(after[1] - before[1], 2),
+            "loadgen_s": round(float(report["loadgen_cpu_s"] or 0.0), 2),  # type: ignore[arg-type]
+        }
+    )
+    print(f"  round {round_no} {run.method:11s} x{run.processes} {run.kind:9s} "
+          f"{run.units_per_s[-1]:>10,.0f} units/s  p99 {run.p99_ms[-1]:.1f} ms  cpu {run.cpu[-1]}",
+          file=sys.stderr, flush=True)  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--processes", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--processes", type=int, nargs="*", default=[1, 2])
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        raise SystemExit("h2load is missing: apt-get install nghttp2-client")
-
-    work = Path(tempfile.mkdtemp(prefix="abkit-bench-"))
-    servers: list[subprocess.Popen[str]] = []
-    with scratch_database() as url:
-        try:
-            run(args, url, work, servers)
-        finally:
-            for proc in servers:
-                proc.terminate()
-                proc.wait(timeout=30)
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def run(
-    args: argparse.Namespace, url: str, work: Path, servers: list[subprocess.Popen[str]]
-) -> None:
-    (work / "exp.yaml").write_text(EXPERIMENT)
-    env = {**os.environ, "ABKIT_DATABASE_URL": url, "ABKIT_SPOOL_DIR": str(work / "spool")}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "abkit",
-            "experiment",
-            "apply",
-            "-f",
-            str(work / "exp.yaml"),
-            "--start",
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    abkit_proc, abkit_port = start(
-        [sys.executable, "-m", "abkit", "grpc", "--address", "127.0.0.1:0"], env
-    )
-    traced_proc, traced_port = start(
-        [sys.executable, "-m", "abkit", "grpc", "--address", "127.0.0.1:0"],
-        {**env, "OTEL_TRACES_SAMPLER": "always_on", "ABKIT_SPOOL_DIR": str(work / "spool-2")},
-    )
-    base_proc, base_port = start([sys.executable, "-m", "abkit.tools.loadtest", "127.0.0.1:0"], env)
-    servers += [abkit_proc, traced_proc, base_proc]
-    # The same two servers with one process per core (--processes), the port shared with
-    # SO_REUSEPORT: the baseline's processes bind one reserved port the same way.
-    multi_proc, multi_port = start(
-        [
-            sys.executable, "-m", "abkit", "grpc", "--address", "127.0.0.1:0",
-            "--processes", str(args.processes),
-        ],
-        {**env, "ABKIT_SPOOL_DIR": str(work / "spool-3")},
-    )  # fmt: skip
-    servers.append(multi_proc)
-    reserved = reserve_port("127.0.0.1", 0)
-    multi_base_port = reserved.getsockname()[1]
-    for _ in range(args.processes):
-        proc, _ = start(
-            [sys.executable, "-m", "abkit.tools.loadtest", f"127.0.0.1:{multi_base_port}"], env
-        )
-        servers.append(proc)
-    single = work / "assign.bin"
-    single.write_bytes(frame(pb.AssignRequest(unit_id="user-12345", experiment_keys=["bench"])))
-    batch = work / "batch.bin"
-    batch.write_bytes(
-        frame(
-            pb.AssignBatchRequest(
-                requests=[
-                    pb.AssignRequest(unit_id=f"user-{i}", experiment_keys=["bench"])
-                    for i in range(100)
-                ]
-            )
-        )
-    )
-    rows: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "h2_assign",
-            "h2_assign_base",
-            "h2_assign_spans",
-            "h2_batch",
-            "h2_batch_base",
-            "py_assign",
-            "py_assign_base",
-            "h2_batch_multi",
-            "h2_batch_multi_base",
-        )
+    if not LOADGEN.exists():
+        raise SystemExit(f"{LOADGEN} is missing: make bench-tools")
+    runs = {
+        (m, p, k): Run(m, p, k)
+        for m in ("Assign", "AssignBatch")
+        for p in args.processes
+        for k in KINDS
     }
-    for _ in range(args.rounds):  # interleaved rounds: drift hits both servers alike
-        rows["h2_assign"].append(h2load(abkit_port, "Assign", single, args.seconds)["rps"])
-        rows["h2_assign_base"].append(h2load(base_port, "Assign", single, args.seconds)["rps"])
-        rows["h2_assign_spans"].append(h2load(traced_port, "Assign", single, args.seconds)["rps"])
-        rows["h2_batch"].append(h2load(abkit_port, "AssignBatch", batch, args.seconds)["rps"] * 100)
-        rows["h2_batch_base"].append(
-            h2load(base_port, "AssignBatch", batch, args.seconds)["rps"] * 100
-        )
-        # More connections, so the kernel's hash spreads them over the processes evenly.
-        rows["h2_batch_multi"].append(
-            h2load(multi_port, "AssignBatch", batch, args.seconds, clients=16)["rps"] * 100
-        )
-        rows["h2_batch_multi_base"].append(
-            h2load(multi_base_port, "AssignBatch", batch, args.seconds, clients=16)["rps"] * 100
-        )
-        rows["py_assign"].append(
-            run_load(
-                f"127.0.0.1:{abkit_port}", duration=args.seconds, experiment_keys=["bench"]
-            ).rps
-        )
-        rows["py_assign_base"].append(run_load(f"127.0.0.1:{base_port}", duration=args.seconds).rps)
-    medians = {k: statistics.median(v) for k, v in rows.items()}
-    # Latency at half of abkit's maximum Assign rate, with the Python client (h2load's
-    # latency histogram mixes in its own queueing).
-    half = run_load(
-        f"127.0.0.1:{abkit_port}",
-        duration=args.seconds,
-        rate=medians["py_assign"] / 2,
-        concurrency=16,
-        experiment_keys=["bench"],
-    )
-    result = {
-        "benchmark": "grpc_assign_vs_empty_handler",
-        "rounds": args.rounds,
-        "seconds": args.seconds,
-        "h2load_assign_rps": round(medians["h2_assign"]),
-        "h2load_baseline_assign_rps": round(medians["h2_assign_base"]),
-        "h2load_assign_ratio": round(medians["h2_assign"] / medians["h2_assign_base"], 3),
-        "h2load_assign_spans_recorded_rps": round(medians["h2_assign_spans"]),
-        "h2load_assign_spans_recorded_ratio": round(
-            medians["h2_assign_spans"] / medians["h2_assign_base"], 3
-        ),
-        "h2load_batch_assignments_per_s": round(medians["h2_batch"]),
-        "h2load_baseline_batch_units_per_s": round(medians["h2_batch_base"]),
-        "processes": args.processes,
-        "h2load_batch_multi_assignments_per_s": round(medians["h2_batch_multi"]),
-        "h2load_baseline_batch_multi_units_per_s": round(medians["h2_batch_multi_base"]),
-        "python_client_assign_rps": round(medians["py_assign"]),
-        "python_client_baseline_rps": round(medians["py_assign_base"]),
-        "python_client_assign_ratio": round(medians["py_assign"] / medians["py_assign_base"], 3),
-        "half_load_rps": round(half.rps),
-        "half_load_p50_ms": round(half.p50_ms, 2),
-        "half_load_p99_ms": round(half.p99_ms, 2),
-        "half_load_p999_ms": round(half.p999_ms, 2),
-        "server_peak_rss_mb": round(peak_rss_mb(abkit_proc.pid), 1),
-        "baseline_peak_rss_mb": round(peak_rss_mb(base_proc.pid), 1),
-        "raw": rows,
-    }
-    print(json.dumps(result))
-    r = result
-    print(
-        f"Assign (h2load): abkit {r['h2load_assign_rps']:,} req/s vs empty handler "
-        f"{r['h2load_baseline_assign_rps']:,} -> {r['h2load_assign_ratio']} (goal >= 0.8), "
-        f"with spans recorded {r['h2load_assign_spans_recorded_ratio']}; "
-        f"AssignBatch: {r['h2load_batch_assignments_per_s']:,} assignments/s "
-        f"(goal >= 150,000; empty handler {r['h2load_baseline_batch_units_per_s']:,}), "
-        f"with --processes {r['processes']}: {r['h2load_batch_multi_assignments_per_s']:,} "
-        f"(empty handler, {r['processes']} processes: "
-        f"{r['h2load_baseline_batch_multi_units_per_s']:,}); "
-        f"Python client (a new unit every call) ratio {r['python_client_assign_ratio']}; "
-        f"at half load "
-        f"({r['half_load_rps']:,} req/s) p99 {r['half_load_p99_ms']} ms; "
-        f"server peak RSS {r['server_peak_rss_mb']} MB"
-    )
+    for round_no in range(1, args.rounds + 1):  # interleaved: drift hits every kind alike
+        for run in runs.values():
+            one_run(run, round_no, args.seconds)
+    summary = {}
+    for (method, processes, kind), run in runs.items():
+        base = runs[(method, processes, "baseline")]
+        ratios = [a / b for a, b in zip(run.units_per_s, base.units_per_s, strict=True)]
+        summary[f"{method} x{processes} {kind}"] = {
+            "units_per_s_median": round(statistics.median(run.units_per_s)),
+            "ratio_to_baseline_median": round(statistics.median(ratios), 3),
+            "ratios": [round(r, 3) for r in ratios],
+            "p99_ms_median": round(statistics.median(run.p99_ms), 2),
+            "cpu": run.cpu,
+            "raw_units_per_s": [round(u) for u in run.units_per_s],
+        }
+    print(json.dumps({"benchmark": "grpc_new_units", "rounds": args.rounds,
+                      "seconds": args.seconds, "results": summary}))  # fmt: skip
+    for name, s in summary.items():
+        print(f"{name:32s} {s['units_per_s_median']:>10,} units/s  "
+              f"x{s['ratio_to_baseline_median']} of the empty handler {s['ratios']}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -8,9 +8,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from abkit.core.assignment import Exposure
 from abkit.core.metrics import Metric
-from abkit.core.model import Event
+from abkit.core.model import Event, Exposure
 from abkit.core.stats import ArmSummary, RatioSummary
 from abkit.ports import Store
 from abkit.store.memory import MemoryStore

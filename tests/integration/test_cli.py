@@ -260,8 +260,7 @@ def test_two_worker_processes_on_postgresql_promote_once(pg_url: str, tmp_path: 
 def test_forget_and_prune_from_the_command_line(sql_url: str) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from abkit.core.assignment import Exposure
-    from abkit.core.model import Event
+    from abkit.core.model import Event, Exposure
     from abkit.store.sql import SqlStore
 
     abkit("experiment", "apply", "-f", str(EXAMPLE), url=sql_url)

@@ -17,13 +17,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-from abkit.core.assignment import Exposure
+from abkit.config import Settings
+from abkit.core.model import Exposure
+from abkit.core.rows import RowKind, encode_exposures
 from abkit.core.spec import experiment_from_dict
 from abkit.infra.clock import SystemClock
-from abkit.infra.spool import Spool
-from abkit.rpc.processes import adopt_orphan_spools, process_spool
-from abkit.runtime import _decode_exposure, _encode
+from abkit.infra.journal import Journal
+from abkit.rpc.processes import orphan_journals, process_spool
+from abkit.runtime import Runtime
 from abkit.services.experiments import ExperimentService
+from abkit.store.memory import MemoryStore
 from abkit.store.sql import SqlStore
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc
@@ -203,52 +206,58 @@ def _exposure(unit: str) -> Exposure:
     return Exposure("ranker-v2", unit, "control", "ranker:1", "c" * 16, datetime.now(UTC))
 
 
-def _spool(path: Path) -> Spool[Exposure]:
-    return Spool(path, encode=_encode, decode=_decode_exposure)
+def _journal(path: Path, *units: str) -> Journal:
+    """A journal at ``path`` holding one record of these units' exposures (left open)."""
+    journal = Journal(path)
+    journal.open()
+    rows = [_exposure(u) for u in units]
+    assert journal.append(RowKind.EXPOSURES, encode_exposures(rows).encode(), len(rows)).wait(5)
+    return journal
 
 
-def _records(path: Path) -> list[str]:
-    spool = _spool(path)
-    try:
-        units = []
-        while (oldest := spool.oldest()) is not None:
-            segment, batches = oldest
-            units += [e.unit_id for batch in batches for e in batch]
-            spool.remove(segment)
-        return units
-    finally:
-        spool.close()
+def _leave(journal: Journal) -> None:
+    journal.close()
+    journal.release()
 
 
-def test_spools_of_processes_that_no_longer_exist_are_adopted_in_order(tmp_path: Path) -> None:
+def test_journals_of_processes_that_no_longer_exist_are_drained(tmp_path: Path) -> None:
     root = tmp_path / "spool"
     assert process_spool(str(root), 0) == str(root)
-    own = _spool(root / "exposures")
-    own.append([_exposure("own-1")])
-    own.close()
     for index in (1, 2, 3):
-        orphan = _spool(Path(process_spool(str(root), index)) / "exposures")
-        orphan.append([_exposure(f"p{index}-a"), _exposure(f"p{index}-b")])
-        orphan.append([_exposure(f"p{index}-c")])
-        orphan.close()
-    live = _spool(root / "process-3" / "exposures")  # a live process still holds index 3
+        _leave(_journal(Path(process_spool(str(root), index)), f"p{index}-a", f"p{index}-b"))
+    live = Journal(root / "process-3")  # a live process still holds index 3
+    live.open()
+    orphans = orphan_journals(str(root), 2)  # now 2 processes: index 1 is still in use
+    assert orphans == [str(root / "process-2"), str(root / "process-3")]
+    store = MemoryStore()
+    runtime = Runtime(Settings(spool_dir=str(root)), store)
     try:
-        moved = adopt_orphan_spools(str(root), 2)  # now 2 processes: index 1 is still in use
+        runtime.start()
+        runtime.adopt_journals(orphans)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with store.transaction() as tx:
+                if tx.exposures.counts("ranker-v2").get("control") == 2:
+                    break
+            time.sleep(0.05)
     finally:
-        live.close()
-    assert moved == 1  # process-2's one segment; process-1 is a current index, 3 is held
-    assert _records(root / "exposures") == ["own-1", "p2-a", "p2-b", "p2-c"]
-    assert _records(root / "process-1" / "exposures") == ["p1-a", "p1-b", "p1-c"]
-    assert _records(root / "process-3" / "exposures") == ["p3-a", "p3-b", "p3-c"]
+        assert runtime.close(10)
+        _leave(live)
+    with store.transaction() as tx:
+        assert tx.exposures.get("ranker-v2", "p2-a") and tx.exposures.get("ranker-v2", "p2-b")
+        assert not tx.exposures.get("ranker-v2", "p1-a")  # a current index: its own process's
+        assert not tx.exposures.get("ranker-v2", "p3-a")  # held by a live process: left alone
+    reopened = Journal(root / "process-2")
+    reopened.open()
+    assert reopened.stats().backlog_rows == 0  # drained and checkpointed
+    _leave(reopened)
 
 
-def test_a_single_process_server_replays_what_process_1_left(
+def test_a_single_process_server_drains_what_process_1_left(
     experiment: str, tmp_path: Path
 ) -> None:
     root = tmp_path / "spool"
-    left = _spool(root / "process-1" / "exposures")
-    left.append([_exposure("left-behind-1"), _exposure("left-behind-2")])
-    left.close()
+    _leave(_journal(root / "process-1", "left-behind-1", "left-behind-2"))
     proc = _start(experiment, root, env={"ABKIT_WRITER_FLUSH_SECONDS": "0.05"})
     _port(proc)
     store = SqlStore.from_url(experiment)
@@ -262,10 +271,13 @@ def test_a_single_process_server_replays_what_process_1_left(
                     break
             time.sleep(0.1)
         else:
-            pytest.fail("the orphaned spool was not replayed")
+            pytest.fail("the orphaned journal was not drained")
     finally:
         store.close()
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     assert proc.returncode == 0
-    assert list((root / "process-1" / "exposures").glob("*.spool")) == []
+    reopened = Journal(root / "process-1")
+    reopened.open()
+    assert reopened.stats().backlog_rows == 0
+    _leave(reopened)

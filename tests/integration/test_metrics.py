@@ -81,16 +81,14 @@ def test_counts_match_a_burst_of_rpcs(sqlite_url: str) -> None:
         ("Track", 0): 25,
         ("Track", 3): 1,
     }
-    written = {p.attributes["abkit.infra.writer"]: p.value for p in found["abkit.records.written"]}
+    written = {p.attributes["abkit.writer"]: p.value for p in found["abkit.records.written"]}
     assert written == {"exposures": 100, "events": 25}
-    assert {
-        p.attributes["abkit.infra.writer"]: p.value for p in found["abkit.records.dropped"]
-    } == {
+    assert {p.attributes["abkit.writer"]: p.value for p in found["abkit.records.dropped"]} == {
         "exposures": 0,
         "events": 0,
     }
     assert [p.value for p in found["abkit.store.up"]] == [1]
-    assert sum(p.value for p in found["abkit.infra.writer.queue_depth"]) == 0
+    assert sum(p.value for p in found["abkit.writer.queue_depth"]) == 0
 
 
 def test_the_prometheus_endpoint_serves_the_same_metrics(sqlite_url: str) -> None:

@@ -7,9 +7,8 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from abkit.core.assignment import Exposure
 from abkit.core.hashing import pseudonym
-from abkit.core.model import Event
+from abkit.core.model import Event, Exposure
 from abkit.core.spec import experiment_from_dict
 from abkit.errors import ConflictError
 from abkit.services.experiments import ExperimentService

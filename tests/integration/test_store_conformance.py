@@ -7,8 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from abkit.core.assignment import Exposure
-from abkit.core.model import Event, ExperimentStatus
+from abkit.core.model import Event, ExperimentStatus, Exposure
 from abkit.core.policy_document import policy_from_dict
 from abkit.core.spec import experiment_from_dict
 from abkit.errors import ConflictError, NotFoundError

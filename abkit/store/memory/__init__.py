@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from abkit.core.assignment import Exposure
 from abkit.core.metrics import Metric
-from abkit.core.model import Event, ModelStatus
+from abkit.core.model import Event, Exposure, ModelStatus
+from abkit.core.rows import decode_events, decode_exposures
 from abkit.core.stats import Summary
 from abkit.errors import ConflictError, NotFoundError, StoreUnavailableError
 from abkit.ports import (
@@ -104,6 +104,9 @@ class MemoryExposures:
                 new += 1
         return new
 
+    def add_text(self, text: str, rows: int) -> int:
+        return self.add(decode_exposures(text)) if rows else 0
+
     def get(self, experiment_key: str, unit_id: str) -> Exposure | None:
         return self._s.exposures.get((experiment_key, unit_id))
 
@@ -139,6 +142,9 @@ class MemoryEvents:
                 self._s.events[e.event_id] = e
                 new += 1
         return new
+
+    def add_text(self, text: str, rows: int) -> int:
+        return self.add(decode_events(text)) if rows else 0
 
     def get(self, event_id: str) -> Event | None:
         return self._s.events.get(event_id)

@@ -10,9 +10,8 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from abkit.core.assignment import Exposure
 from abkit.core.metrics import Metric, MetricKind
-from abkit.core.model import Event
+from abkit.core.model import Event, Exposure
 from abkit.core.stats import ArmSummary, RatioSummary, Summary
 from abkit.ports import DailySummaries
 

@@ -1,0 +1,188 @@
+"""The journal's way into the database: a thread that copies durable records into the store.
+
+:class:`JournalDrain` reads the journal after its checkpoint, up to ``batch_rows`` rows at a
+time, writes them in one transaction -- PostgreSQL takes each kind's text in one ``COPY``, as
+the journal holds it (:mod:`abkit.core.rows`), so no row is formatted again -- and checkpoints
+the journal only after the commit. Inserts are idempotent (first exposure per experiment and
+unit, one event per id), so records read again after a crash store nothing twice.
+
+**Store outage**: the records stay in the journal (they are durable already); the drain backs
+off exponentially (``0.05 s`` doubling to ``max_backoff``) and retries; the journal's bound
+applies back-pressure upstream.
+
+**A record the store refuses** for a reason other than availability (a value it rejects)
+cannot block the journal forever: the batch is retried record by record, and a record that
+fails on its own is written to ``<journal>/dead-letter/`` with the reason, counted and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from abkit.core.rows import RowKind
+from abkit.errors import AbkitError, StoreUnavailableError
+from abkit.infra.journal import Journal, Position, Record
+from abkit.ports import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DrainStats:
+    written: dict[str, int]
+    """New rows inserted, per kind (``exposures``, ``events``)."""
+    duplicates: int
+    dead_lettered: int
+    failed_batches: int
+    down: bool
+
+
+class JournalDrain:
+    """Copies a journal's durable records into the store, in order, exactly once in effect."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        store: Store,
+        *,
+        batch_rows: int = 2000,
+        interval: float = 0.2,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self._journal = journal
+        self._store = store
+        self._batch_rows = batch_rows
+        self._interval = interval
+        self._max_backoff = max_backoff
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._position = journal.checkpoint
+        self._written = {RowKind.EXPOSURES: 0, RowKind.EVENTS: 0}
+        self._duplicates = 0
+        self._dead = 0
+        self._failed_batches = 0
+        self._down_until = 0.0
+        self._backoff = 0.05
+        self._down = False
+
+    def start(self) -> None:
+        self._position = self._journal.checkpoint
+        self._thread = threading.Thread(target=self._run, name="abkit-drain", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.step() < self._batch_rows:
+                # Caught up: let rows gather for a batch rather than copy a few at a time.
+                self._stop.wait(self._interval)
+
+    def step(self, timeout: float = 0.0) -> int:
+        """One batch: read, write, checkpoint. The rows handled (0: nothing durable to take)."""
+        records = self._journal.read(self._position, max_rows=self._batch_rows, timeout=timeout)
+        if not records:
+            return 0
+        try:
+            self._write(records)
+        except StoreUnavailableError as exc:
+            self._mark_down(exc)
+            self._stop.wait(self._backoff)
+            return 0
+        except Exception as exc:  # noqa: BLE001 -- a refused value must not stall the journal
+            log.warning("journal drain: a batch was refused (%s); retrying record by record", exc)
+            if not self._one_by_one(records):
+                return 0
+        self._mark_up()
+        rows = sum(r.rows for r in records)
+        self._position = records[-1].end
+        self._journal.consumed(self._position, rows)
+        return rows
+
+    def _write(self, records: Sequence[Record]) -> None:
+        exposures = [r for r in records if r.kind is RowKind.EXPOSURES]
+        events = [r for r in records if r.kind is RowKind.EVENTS]
+        with self._store.transaction() as tx:
+            new_exposures = new_events = 0
+            if exposures:
+                text = b"".join(r.payload for r in exposures).decode()
+                new_exposures = tx.exposures.add_text(text, sum(r.rows for r in exposures))
+            if events:
+                text = b"".join(r.payload for r in events).decode()
+                new_events = tx.events.add_text(text, sum(r.rows for r in events))
+        self._written[RowKind.EXPOSURES] += new_exposures
+        self._written[RowKind.EVENTS] += new_events
+        self._duplicates += sum(r.rows for r in records) - new_exposures - new_events
+
+    def _one_by_one(self, records: Sequence[Record]) -> bool:
+        """Write each record alone; dead-letter the ones the store refuses. False when the store
+        became unavailable (the batch stays in the journal)."""
+        for record in records:
+            try:
+                self._write([record])
+            except StoreUnavailableError as exc:
+                self._mark_down(exc)
+                return False
+            except Exception as exc:  # noqa: BLE001 -- this record, and only it, is refused
+                self._dead_letter(record, exc)
+        return True
+
+    def _dead_letter(self, record: Record, exc: BaseException) -> None:
+        self._dead += record.rows
+        directory = self._journal.directory
+        log.error("journal drain: %d %s rows refused by the store: %s", record.rows,
+                  record.kind.name.lower(), exc)  # fmt: skip
+        if directory is None:
+            return
+        target = Path(directory) / "dead-letter"
+        target.mkdir(exist_ok=True)
+        name = f"{record.end.segment:08d}-{record.end.offset:012d}-{record.kind.name.lower()}"
+        (target / f"{name}.rows").write_bytes(record.payload)
+        (target / f"{name}.reason").write_text(f"{type(exc).__name__}: {exc}\n")
+
+    def _mark_down(self, exc: AbkitError) -> None:
+        self._failed_batches += 1
+        if not self._down:
+            log.warning(
+                "journal drain: the store refuses writes (%s); rows wait in the journal", exc
+            )
+            self._down = True
+        self._down_until = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self._max_backoff)
+
+    def _mark_up(self) -> None:
+        self._backoff = 0.05
+        if self._down:
+            self._down = False
+            log.warning("journal drain: the store accepts writes again")
+
+    @property
+    def degraded(self) -> bool:
+        """True while the store refuses writes."""
+        return self._down
+
+    @property
+    def position(self) -> Position:
+        return self._position
+
+    def stats(self) -> DrainStats:
+        return DrainStats(
+            written={k.name.lower(): v for k, v in self._written.items()},
+            duplicates=self._duplicates,
+            dead_lettered=self._dead,
+            failed_batches=self._failed_batches,
+            down=self._down,
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Drain what is durable (within ``timeout``), then stop."""
+        deadline = time.monotonic() + timeout
+        if self._thread is not None:
+            self._journal.wait_consumed(
+                self._journal.durable_end, max(0.0, deadline - time.monotonic())
+            )
+            self._stop.set()
+            self._thread.join(max(0.0, deadline - time.monotonic()))
