@@ -11,10 +11,15 @@ from __future__ import annotations
 import getpass
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from abkit.errors import ValidationError
+
+if TYPE_CHECKING:
+    from abkit.infra.stream import StreamSettings
 
 DEFAULT_DATABASE_URL = "sqlite:///abkit.db"
 MAX_GRPC_PROCESSES = 64
@@ -71,6 +76,29 @@ class Settings:
     """How long the journal lets concurrent calls gather before an fsync it was asked for
     (PostgreSQL's ``commit_delay``): fuller group commits, fewer fsyncs, a little latency.
     0 syncs at once."""
+    stream_url: str = ""
+    """``nats://host:4222[,nats://host2:4222]``: publish exposures and events to a NATS
+    JetStream stream (acknowledged by the stream before the answer) instead of writing the
+    database; ``abkit loader`` processes copy the stream into the store. Empty: direct mode."""
+    stream_name: str = "ABKIT"
+    """The JetStream stream (created or updated at start)."""
+    stream_subject_prefix: str = "abkit"
+    """Rows go to ``<prefix>.rows.exposures|events``, dead letters to ``<prefix>.dead.<kind>``."""
+    stream_replicas: int = 1
+    """Replicas of the stream (3 on a 3-node JetStream cluster)."""
+    stream_max_age_seconds: int = 7 * 86400
+    """Messages older than this leave the stream (the loaders are expected to keep up)."""
+    stream_max_mb: int = 10240
+    """Size bound of the stream; beyond it the oldest messages leave it."""
+    loader_durable: str = "abkit-loader"
+    """The durable consumer every ``abkit loader`` shares."""
+    loader_batch: int = 256
+    """Messages a loader fetches and writes in one transaction."""
+    loader_ack_wait_seconds: float = 30.0
+    """How long a fetched batch may stay unacknowledged before JetStream hands it to another
+    loader (a loader that died mid-batch); longer than a batch takes to write."""
+    loader_max_lag: int = 10000
+    """``abkit health loader`` is unhealthy when more messages than this wait for the loaders."""
     api_token: str = ""
     """When set, Track/TrackBatch (and Assign, see below) need ``authorization: Bearer <token>``."""
     api_token_for_assign: bool = False
@@ -114,6 +142,19 @@ class Settings:
             return self.database_url.removeprefix(prefix) + "-spool"
         return "abkit-spool"
 
+    def stream(self) -> StreamSettings:
+        """The stream's settings (``stream_url`` must be set)."""
+        from abkit.infra.stream import StreamSettings
+
+        return StreamSettings(
+            servers=tuple(u.strip() for u in self.stream_url.split(",") if u.strip()),
+            name=self.stream_name,
+            prefix=self.stream_subject_prefix,
+            replicas=self.stream_replicas,
+            max_age_seconds=self.stream_max_age_seconds,
+            max_bytes=self.stream_max_mb << 20,
+        )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``ABKIT_*`` variables (``os.environ`` unless given)."""
@@ -135,6 +176,11 @@ class Settings:
             "grpc_processes",
             "writer_batch_size",
             "spool_max_mb",
+            "stream_replicas",
+            "stream_max_age_seconds",
+            "stream_max_mb",
+            "loader_batch",
+            "loader_max_lag",
         ):
             if getattr(self, name) < 1:
                 raise ValidationError(f"ABKIT_{name.upper()}", "must be at least 1")
@@ -148,6 +194,7 @@ class Settings:
             "writer_flush_seconds",
             "worker_tick_seconds",
             "durability_timeout_seconds",
+            "loader_ack_wait_seconds",
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -156,6 +203,22 @@ class Settings:
             raise ValidationError(
                 "ABKIT_COMMIT_DELAY_SECONDS", "must be a number of seconds in [0, 1)"
             )
+        if self.stream_url and not all(
+            u.strip().startswith(("nats://", "tls://")) for u in self.stream_url.split(",")
+        ):
+            raise ValidationError(
+                "ABKIT_STREAM_URL",
+                f"must be nats:// URLs separated by commas, got {self.stream_url!r}",
+            )
+        for name, pattern, what in (
+            ("stream_name", _NAME, "letters, digits, '_' or '-'"),
+            ("loader_durable", _NAME, "letters, digits, '_' or '-'"),
+            ("stream_subject_prefix", _SUBJECT, "dot-separated tokens of letters, digits, _, -"),
+        ):
+            if not pattern.fullmatch(getattr(self, name)):
+                raise ValidationError(
+                    f"ABKIT_{name.upper()}", f"must be {what}, got {getattr(self, name)!r}"
+                )
         if self.exposure_durability not in ("sync", "async"):
             raise ValidationError(
                 "ABKIT_EXPOSURE_DURABILITY",
@@ -173,6 +236,10 @@ class Settings:
             )
         if not 0 <= self.metrics_port <= 65535:
             raise ValidationError("ABKIT_METRICS_PORT", "must be a port number (0 disables)")
+
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SUBJECT = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
 def _os_user(env: Mapping[str, str]) -> str:

@@ -5,6 +5,8 @@ PostgreSQL comes from ``ABKIT_TEST_POSTGRES_URL`` (default: the local server,
 database and drops it at the end; tables are emptied between tests. When PostgreSQL cannot be
 reached, its tests are *skipped with the reason shown* -- unless ``ABKIT_REQUIRE_POSTGRES=1``
 (set by ``.ci/run``), in which case they fail: CI must never go green without PostgreSQL.
+NATS is treated the same way (``ABKIT_TEST_NATS_URL``, default the local JetStream server;
+``ABKIT_REQUIRE_NATS=1``): see tests/nats_support.py.
 
 Property tests (Hypothesis) explore new inputs on every local run, which is how they find bugs;
 CI loads the ``ci`` profile (``HYPOTHESIS_PROFILE=ci``, set by ``.ci/run``): a fixed seed and no
@@ -19,6 +21,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
@@ -29,6 +32,10 @@ from abkit.store.engine import create_store_engine
 from abkit.store.memory import MemoryStore
 from abkit.store.schema import Base
 from abkit.store.sql import SqlStore
+
+if TYPE_CHECKING:
+    from abkit.infra.stream import StreamSettings
+    from tests.nats_support import NatsCluster
 
 settings.register_profile("ci", derandomize=True, database=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
@@ -122,3 +129,36 @@ def store(request: pytest.FixtureRequest) -> Iterator[MemoryStore | SqlStore]:
     sql = SqlStore.from_url(str(request.getfixturevalue(fixture)))
     yield sql
     sql.close()
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """The shared NATS server (JetStream on); tests give it only streams of their own."""
+    from tests.nats_support import SHARED_URL, unavailable, wait_jetstream
+
+    try:
+        wait_jetstream(SHARED_URL, timeout=10)
+    except AssertionError as exc:
+        unavailable(str(exc))
+    return SHARED_URL
+
+
+@pytest.fixture
+def stream_settings(nats_url: str) -> Iterator[StreamSettings]:
+    """A stream of this test's own on the shared server (name and subjects), deleted after."""
+    from tests.nats_support import delete_stream, unique_stream
+
+    settings = unique_stream([nats_url])
+    yield settings
+    delete_stream(settings)
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """One 3-node JetStream cluster (its own nats-server processes) for the test session."""
+    from tests.nats_support import NatsCluster
+
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats-cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()

@@ -24,7 +24,13 @@ from abkit.cli.operations import (
     loadtest_command,
     prune_command,
 )
-from abkit.cli.servers import grpc_command, serve_command, web_command, worker_command
+from abkit.cli.servers import (
+    grpc_command,
+    loader_command,
+    serve_command,
+    web_command,
+    worker_command,
+)
 from abkit.config import Settings
 
 
@@ -62,6 +68,7 @@ for command in (
     results_command,
     worker_command,
     grpc_command,
+    loader_command,
     serve_command,
     web_command,
     demo_command,

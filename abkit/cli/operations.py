@@ -87,14 +87,36 @@ def health_store(ctx: Context) -> None:
     click.echo("SERVING")
 
 
+@health.command("loader")
+@pass_ctx
+def health_loader(ctx: Context) -> None:
+    """Healthy when the loaders keep up: at most ABKIT_LOADER_MAX_LAG messages of the stream
+    wait for them."""
+    from abkit.infra.loader import LoaderUnknown, read_lag
+
+    with errors():
+        if not ctx.settings.stream_url:
+            raise ValidationError("ABKIT_STREAM_URL", "the loader's health needs the stream URL")
+    try:
+        lag = read_lag(ctx.settings)
+    except LoaderUnknown as exc:
+        click.echo(f"unhealthy: {exc}", err=True)
+        sys.exit(1)
+    bound = ctx.settings.loader_max_lag
+    if lag > bound:
+        click.echo(f"unhealthy: {lag} messages wait for the loaders (bound {bound})", err=True)
+        sys.exit(1)
+    click.echo(f"SERVING (lag {lag})")
+
+
 @click.command("forget")
 @click.argument("unit_id")
 @pass_ctx
 def forget_command(ctx: Context, unit_id: str) -> None:
     """Erase every exposure and event of UNIT_ID (and its pseudonym); audited without the id.
 
-    Rows still in a running server's memory queue or spool are written after this; run it
-    again once the servers have flushed (at most ABKIT_WRITER_FLUSH_SECONDS, or after an outage).
+    Rows still on their way (in a server's journal, or the stream) are written after this; run
+    it again once they have arrived (seconds, or after an outage).
     """
     with errors(), ctx.open_runtime() as runtime:
         erased = runtime.privacy.forget(unit_id, actor=ctx.settings.actor)

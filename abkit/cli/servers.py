@@ -1,5 +1,5 @@
-"""The serving commands: ``abkit grpc``, ``worker``, ``serve`` (everything in one process)
-and ``web``."""
+"""The serving commands: ``abkit grpc``, ``worker``, ``loader``, ``serve`` (everything in one
+process) and ``web``."""
 
 from __future__ import annotations
 
@@ -56,7 +56,13 @@ def _run_grpc(
             )
         server = build_server(ctx.settings, runtime, tel, address=address, reuse_port=count > 1)
         server.start()
-        worker = None
+        worker = loader = None
+        if with_worker and ctx.settings.stream_url:
+            from abkit.infra.instruments import observe_loader
+            from abkit.infra.loader import open_loader
+
+            loader = open_loader(ctx.settings, runtime.store)
+            observe_loader(tel.meter(), loader)
         if with_worker:
             worker = Worker(
                 runtime.decisions,
@@ -84,6 +90,8 @@ def _run_grpc(
     server.stop()
     if worker is not None:
         worker.stop()
+    if loader is not None:  # before the store closes; the rest waits in the stream
+        loader.close(ctx.settings.grpc_grace_seconds)
     clean = runtime.close(ctx.settings.grpc_grace_seconds)
     tel.shutdown()
     sys.exit(0 if clean else 1)
@@ -120,6 +128,43 @@ def _run_worker(ctx: Context) -> None:
     worker.stop()
     runtime.close()
     tel.shutdown()
+
+
+def _run_loader(ctx: Context) -> None:
+    from abkit.infra import telemetry
+    from abkit.infra.instruments import observe_loader
+    from abkit.infra.loader import open_loader
+    from abkit.store.sql import SqlStore
+
+    with errors():
+        if not ctx.settings.stream_url:
+            raise ValidationError(
+                "ABKIT_STREAM_URL", "abkit loader copies the stream: set it (nats://host:4222)"
+            )
+        tel = telemetry.configure(ctx.settings, "abkit-loader")
+        store = SqlStore.from_url(ctx.settings.database_url)
+        loader = open_loader(ctx.settings, store)
+        observe_loader(tel.meter(), loader)
+    click.echo(
+        f"abkit loader: {ctx.settings.stream_name} at {ctx.settings.stream_url} -> the store "
+        f"(consumer {ctx.settings.loader_durable})"
+    )
+    wait_for_signal()
+    clean = loader.close(ctx.settings.grpc_grace_seconds)
+    store.close()
+    tel.shutdown()
+    sys.exit(0 if clean else 1)
+
+
+@click.command("loader")
+@pass_ctx
+def loader_command(ctx: Context) -> None:
+    """Copy the stream (ABKIT_STREAM_URL) into the store; run as many as the load needs.
+
+    Rows are acknowledged to the stream only once committed; bad messages go to the
+    dead-letter subject. Stops gracefully on SIGTERM/SIGINT (the batch in hand is finished).
+    """
+    _run_loader(ctx)
 
 
 @click.command("worker")

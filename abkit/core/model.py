@@ -82,7 +82,7 @@ class Event(NamedTuple):
     """A business KPI event: one row of ``events``.
 
     ``event_id`` is unique: writing the same event twice (a client retry, a spool replay) stores
-    it once. A named tuple for the same reason as :class:`~abkit.core.assignment.Exposure`.
+    it once. A named tuple for the same reason as :class:`Exposure`.
     """
 
     event_id: str

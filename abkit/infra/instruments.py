@@ -8,6 +8,7 @@ instrument                    kind       attributes / meaning
 ``abkit.records.accepted``    counter    rows made durable in the journal (all kinds)
 ``abkit.records.written``     counter    rows inserted into the store; ``abkit.writer`` =
                                          exposures|events
+``abkit.records.published``   counter    rows acknowledged by the stream (stream mode)
 ``abkit.records.dropped``     counter    rows refused (journal full or failed); ``abkit.writer``
 ``abkit.writer.queue_depth``  gauge      rows accepted, not yet in the store (the backlog)
 ``abkit.spool.bytes``         gauge      bytes of the journal not yet in the store
@@ -15,6 +16,10 @@ instrument                    kind       attributes / meaning
 ``abkit.store.errors``        counter    failed writes and failed config refreshes
 ``abkit.store.up``            gauge      1 when the store accepts writes, else 0
 ``abkit.looks``               counter    worker looks; ``abkit.action``
+``abkit.loader.lag``          gauge      messages of the stream the loaders have not acknowledged
+``abkit.loader.rows``         counter    rows a loader inserted; ``abkit.writer`` = exposures|events
+``abkit.loader.duplicates``   counter    rows a loader found stored already (redeliveries)
+``abkit.loader.dead_letters`` counter    messages a loader dead-lettered
 ============================  =========  =========================================================
 
 Observable instruments read the journal's and the drain's counters when the SDK collects, so
@@ -34,7 +39,8 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from abkit.core.assignment import Assignment
 
 if TYPE_CHECKING:
-    from abkit.infra.recorder import JournalRecorder
+    from abkit.infra.ingest import IngestStats
+    from abkit.infra.loader import StreamLoader
     from abkit.runtime import Runtime
 
 WRITER = "abkit.writer"
@@ -83,61 +89,88 @@ class RpcMetrics:
 
 
 def observe_runtime(meter: Meter, runtime: Runtime) -> None:
-    """Register the observable instruments that read ``runtime``'s journal, drain and store."""
-    recorders: dict[str, JournalRecorder] = {
-        "exposures": runtime.exposure_recorder,
-        "events": runtime.event_recorder,
-    }
+    """Register the observable instruments that read ``runtime``'s ingest path and store."""
 
     def observe(
         read: Callable[[], Iterable[Observation]],
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         return lambda _options: read()
 
+    def stats() -> IngestStats:
+        return runtime.ingest.stats()
+
     def written() -> Iterable[Observation]:
-        by_kind = runtime.drain.stats().written
-        return [Observation(n, {WRITER: kind}) for kind, n in by_kind.items()]
+        return [Observation(n, {WRITER: kind}) for kind, n in stats().written.items()]
 
     def dropped() -> Iterable[Observation]:
-        return [Observation(r.refused, {WRITER: kind}) for kind, r in recorders.items()]
+        return [Observation(n, {WRITER: kind}) for kind, n in stats().refused.items()]
 
-    def accepted() -> Iterable[Observation]:
-        return [Observation(runtime.journal.stats().durable_rows)]
-
-    def syncs() -> Iterable[Observation]:
-        return [Observation(runtime.journal.stats().syncs)]
-
-    def backlog() -> Iterable[Observation]:
-        return [Observation(runtime.journal.stats().backlog_rows)]
-
-    def journal_bytes() -> Iterable[Observation]:
-        stats = runtime.journal.stats()
-        return [Observation(stats.backlog_bytes + stats.pending_bytes)]
+    def one(value: Callable[[IngestStats], int]) -> Callable[[], Iterable[Observation]]:
+        return lambda: [Observation(value(stats()))]
 
     def store_errors() -> Iterable[Observation]:
-        return [Observation(runtime.drain.stats().failed_batches + runtime.config.failures)]
+        return [Observation(stats().failed_batches + runtime.config.failures)]
 
     def store_up() -> Iterable[Observation]:
         return [Observation(0 if runtime.degraded else 1)]
 
     for name, read, unit, description in (
-        ("abkit.records.accepted", accepted, "{row}", "Rows made durable in the journal"),
+        ("abkit.records.accepted", one(lambda s: s.accepted_rows), "{row}",
+         "Rows made durable (the journal or the stream)"),
         ("abkit.records.written", written, "{row}", "Rows inserted into the store"),
+        ("abkit.records.published", one(lambda s: s.published_rows), "{row}",
+         "Rows acknowledged by the stream (stream mode)"),
         ("abkit.records.dropped", dropped, "{row}", "Rows refused: the journal full or failed"),
-        ("abkit.journal.syncs", syncs, "{sync}", "Group commits of the journal (one fsync each)"),
+        ("abkit.journal.syncs", one(lambda s: s.syncs), "{sync}",
+         "Group commits of the journal (one fsync each)"),
         ("abkit.store.errors", store_errors, "{error}", "Failed writes and config refreshes"),
-    ):
+    ):  # fmt: skip
         meter.create_observable_counter(
             name, callbacks=[observe(read)], unit=unit, description=description
         )
     for name, read, unit, description in (
-        ("abkit.writer.queue_depth", backlog, "{row}", "Rows accepted, not yet in the store"),
-        ("abkit.spool.bytes", journal_bytes, "By", "Bytes of the journal not yet in the store"),
+        ("abkit.writer.queue_depth", one(lambda s: s.backlog_rows), "{row}",
+         "Rows accepted, not yet in the store (or the stream)"),
+        ("abkit.spool.bytes", one(lambda s: s.backlog_bytes), "By",
+         "Bytes of the journal not yet in the store (or the stream)"),
         ("abkit.store.up", store_up, "1", "1 when the store accepts writes, else 0"),
-    ):
+    ):  # fmt: skip
         meter.create_observable_gauge(
             name, callbacks=[observe(read)], unit=unit, description=description
         )
+
+
+def observe_loader(meter: Meter, loader: StreamLoader) -> None:
+    """The instruments of ``abkit loader``, read from its counters when the SDK collects."""
+
+    def lag(_options: CallbackOptions) -> Iterable[Observation]:
+        value = loader.stats().lag
+        return [] if value is None else [Observation(value)]
+
+    def rows(_options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, {WRITER: kind}) for kind, n in loader.stats().written.items()]
+
+    meter.create_observable_gauge(
+        "abkit.loader.lag",
+        callbacks=[lag],
+        unit="{message}",
+        description="Messages of the stream the loaders have not acknowledged",
+    )
+    meter.create_observable_counter(
+        "abkit.loader.rows", callbacks=[rows], unit="{row}", description="Rows loaded"
+    )
+    meter.create_observable_counter(
+        "abkit.loader.duplicates",
+        callbacks=[lambda _o: [Observation(loader.stats().duplicates)]],
+        unit="{row}",
+        description="Rows found stored already (redelivered messages)",
+    )
+    meter.create_observable_counter(
+        "abkit.loader.dead_letters",
+        callbacks=[lambda _o: [Observation(loader.stats().dead_lettered)]],
+        unit="{message}",
+        description="Messages sent to the dead-letter subject",
+    )
 
 
 class WorkerMetrics:

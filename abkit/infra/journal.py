@@ -38,6 +38,7 @@ import os
 import struct
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".journal"
 CHECKPOINT = "checkpoint"
+IDENTITY = "id"
 MAGIC = b"AJ"
 _HEADER = struct.Struct(">2sBIII")  # magic, kind, rows, length, crc32
 HEADER_SIZE = _HEADER.size
@@ -198,6 +200,9 @@ class Journal:
         self._file: IO[bytes] | None = None
         self._lock_file: IO[str] | None = None
         self._memory: list[Record] = []
+        self.identity = uuid.uuid4().hex[:12]
+        """A name for this journal that stays the same across restarts (message ids of what
+        it forwards to a stream derive from it and the record's position)."""
         self._durable_end = START
         self._checkpoint = START
         self._sizes: dict[int, int] = {}  # segment -> bytes, for the backlog
@@ -209,6 +214,7 @@ class Journal:
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock_file = _lock(self.directory)
+            self.identity = _identity(self.directory / IDENTITY)
             self._recover()
         self._thread = threading.Thread(target=self._run, name="abkit-journal", daemon=True)
         self._thread.start()
@@ -534,6 +540,19 @@ def _write_checkpoint(path: Path, position: Position) -> None:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     _fsync_directory(path.parent)
+
+
+def _identity(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        identity = uuid.uuid4().hex[:12]
+        with open(path, "w") as handle:
+            handle.write(identity + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_directory(path.parent)
+        return identity
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -25,10 +25,12 @@ from typing import Any
 import grpc
 import jsonschema
 import pytest
+import sqlalchemy as sa
 import yaml
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from abkit.infra.stream import StreamSettings
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc
 
@@ -39,7 +41,7 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SHARED_SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
 SCHEMA_COPY = ROOT / "tests" / "fixtures" / "compose" / "compose-spec.json"
 SCHEMA = json.loads(SCHEMA_COPY.read_text())
-ABKIT_SERVICES = ("migrate", "grpc", "worker", "web")
+ABKIT_SERVICES = ("migrate", "grpc", "worker", "web", "loader")
 
 
 def free_port() -> int:
@@ -61,6 +63,12 @@ def test_the_compose_file_follows_the_compose_specification() -> None:
         assert "healthcheck" in services[name]
     assert "ports" not in services["grpc"]  # scalable: replicas sit behind grpc-lb
     assert services["postgres"]["healthcheck"] and services["postgres"]["volumes"]
+    # Stream mode is a profile: NATS with JetStream on a volume, and the loaders.
+    assert services["nats"]["profiles"] == services["loader"]["profiles"] == ["stream"]
+    assert "-js" in services["nats"]["command"] and services["nats"]["volumes"]
+    assert services["loader"]["command"] == ["loader"]
+    assert services["loader"]["healthcheck"]["test"] == ["CMD", "abkit", "health", "loader"]
+    assert services["grpc"]["environment"]["ABKIT_STREAM_URL"] == "${ABKIT_STREAM_URL:-}"
 
 
 class Collector:
@@ -125,7 +133,11 @@ def _environment(service: str, overrides: dict[str, str]) -> dict[str, str]:
     return {
         **os.environ,
         **declared,
-        **{k: v for k, v in overrides.items() if k in declared or k.startswith("ABKIT_SPOOL")},
+        **{
+            k: v
+            for k, v in overrides.items()
+            if k in declared or k.startswith(("ABKIT_SPOOL", "ABKIT_STREAM_", "ABKIT_LOADER_"))
+        },
     }
 
 
@@ -217,3 +229,69 @@ def test_each_service_command_runs_and_becomes_healthy(
     assert ("abkit-grpc", "abkit.v1.AssignmentService/Assign") in collector.spans
     assert ("abkit-grpc", "abkit.assignments") in collector.metrics
     assert ("abkit-grpc", "rpc.server.duration") in collector.metrics
+
+
+def test_stream_mode_services_run_and_become_healthy(
+    pg_url: str, collector: Collector, tmp_path: Path, stream_settings: StreamSettings
+) -> None:
+    """``--profile stream``: grpc publishes to JetStream, the loader fills PostgreSQL, and both
+    pass their healthchecks (NATS is the shared server, with a stream of this test's own)."""
+    from tests.nats_support import stream_env
+
+    grpc_port = free_port()
+    overrides = {
+        "ABKIT_DATABASE_URL": pg_url,
+        "ABKIT_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+        **stream_env(stream_settings),
+    }
+    replacements = {"127.0.0.1:50051": f"127.0.0.1:{grpc_port}"}
+    done = subprocess.run(
+        _local(COMPOSE["services"]["migrate"]["command"], replacements),
+        env=_environment("migrate", overrides), capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    apply = subprocess.run(
+        [sys.executable, "-m", "abkit", "experiment", "apply", "-f",
+         "examples/ranker-experiment.yaml", "--start"],
+        env={**os.environ, "ABKIT_DATABASE_URL": pg_url}, capture_output=True, text=True,
+        timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert apply.returncode == 0, apply.stderr
+    processes: dict[str, subprocess.Popen[str]] = {}
+    try:
+        for service in ("grpc", "loader"):
+            env = _environment(service, {**overrides, "ABKIT_SPOOL_DIR": str(tmp_path / service)})
+            processes[service] = subprocess.Popen(
+                _local(COMPOSE["services"][service]["command"], replacements),
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            )  # fmt: skip
+        _wait_healthy("grpc", _environment("grpc", overrides), replacements)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = pb_grpc.AssignmentServiceStub(channel)
+            attrs = {"platform": pb.AttributeValue(string_value="web")}
+            units = []
+            for i in range(200):
+                reply = stub.Assign(pb.AssignRequest(unit_id=f"s{i}", attributes=attrs), timeout=5)
+                units += [f"s{i}"] * any(a.in_experiment for a in reply.assignments)
+        assert units
+        _wait_healthy("loader", _environment("loader", overrides), replacements)
+        engine = sa.create_engine(pg_url)
+        deadline = time.monotonic() + 30
+        count = 0
+        while time.monotonic() < deadline and count < len(units):
+            with engine.connect() as conn:
+                count = conn.execute(sa.text("SELECT count(*) FROM exposures")).scalar_one()
+            time.sleep(0.2)
+        engine.dispose()
+        assert count == len(units)  # in the stream first, then loaded into PostgreSQL
+    finally:
+        for proc in processes.values():
+            proc.send_signal(signal.SIGTERM)
+        for service, proc in processes.items():
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, f"{service}: {err}"
+    assert ("abkit-loader", "abkit.loader.lag") in collector.metrics
+    assert ("abkit-loader", "abkit.loader.rows") in collector.metrics
+    assert ("abkit-grpc", "abkit.records.published") in collector.metrics

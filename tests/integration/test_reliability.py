@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,6 +35,7 @@ from abkit.store.sql import SqlStore
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc
 from tests.helpers import EXPERIMENT
+from tests.serving import load_until_killed, missing_rows, serve, start_experiment
 
 ROOT = Path(__file__).parents[2]
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -174,14 +174,14 @@ def test_postgres_outage_loses_nothing_and_duplicates_nothing(
     served_while_down = health.Check(
         health_pb2.HealthCheckRequest(service="abkit.v1.AssignmentService"), timeout=5
     ).status
-    kept_while_down = runtime.journal.stats().backlog_rows
+    kept_while_down = runtime.ingest.journal.stats().backlog_rows
     time.sleep(2)
     cluster.start()
     time.sleep(2)
     stop.set()
     for t in lanes:
         t.join()
-    assert runtime.flush(60), (runtime.journal.stats(), runtime.drain.stats())
+    assert runtime.flush(60), (runtime.ingest.journal.stats(), runtime.ingest.drain.stats())
     server.stop(grace=2)
     assert runtime.close(30)
 
@@ -201,29 +201,6 @@ def test_postgres_outage_loses_nothing_and_duplicates_nothing(
     assert sorted(stored_events) == sorted(tracked)
 
 
-def _serve(
-    url: str, spool: Path, extra_env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[str], int]:
-    env = {
-        **os.environ,
-        "ABKIT_DATABASE_URL": url,
-        "ABKIT_SPOOL_DIR": str(spool),
-        "ABKIT_WRITER_FLUSH_SECONDS": "2",
-        **(extra_env or {}),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "abkit", "grpc", "--address", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    return proc, int(line.rsplit("port ", 1)[1].rstrip(")\n"))
-
-
 def test_sigterm_under_load_exits_zero_and_keeps_everything_acknowledged(
     pg_url: str, tmp_path: Path
 ) -> None:
@@ -234,7 +211,7 @@ def test_sigterm_under_load_exits_zero_and_keeps_everything_acknowledged(
     ExperimentService(store, SystemClock()).apply(
         experiment_from_dict(EXPERIMENT), actor="t", start=True
     )
-    proc, port = _serve(pg_url, tmp_path / "spool")
+    proc, port = serve(pg_url, tmp_path / "spool")
     acknowledged: list[str] = []
     exposed: list[str] = []
     lock = threading.Lock()
@@ -285,7 +262,7 @@ def test_three_replicas_write_one_first_exposure_per_unit(pg_url: str, tmp_path:
         experiment_from_dict(EXPERIMENT), actor="t", start=True
     )
     replicas = [
-        _serve(pg_url, tmp_path / f"spool{i}", {"ABKIT_WRITER_FLUSH_SECONDS": "0.05"})
+        serve(pg_url, tmp_path / f"spool{i}", {"ABKIT_WRITER_FLUSH_SECONDS": "0.05"})
         for i in range(3)
     ]
     units = [f"shared-{i}" for i in range(600)]
@@ -327,45 +304,6 @@ def test_three_replicas_write_one_first_exposure_per_unit(pg_url: str, tmp_path:
     assert {u: arm for u, arm in rows} == {u: next(iter(arms)) for u, arms in answers.items()}
 
 
-def _load_until_killed(
-    port: int, seconds: float, lanes: int = 8
-) -> tuple[list[str], list[str], threading.Event]:
-    """``lanes`` callers, each a new unit per call: Assign, then Track. Returns the units whose
-    answer said ``in_experiment`` and the event ids whose Track answered OK -- everything the
-    server acknowledged -- as they are collected."""
-    exposed: list[str] = []
-    tracked: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def load(lane: int) -> None:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.AssignmentServiceStub(channel)
-            i = 0
-            while not stop.is_set():
-                unit = f"k{lane}-{i}"
-                i += 1
-                try:
-                    reply = stub.Assign(pb.AssignRequest(unit_id=unit), timeout=5)
-                    if reply.assignments[0].in_experiment:
-                        with lock:
-                            exposed.append(unit)
-                    stub.Track(
-                        pb.TrackRequest(unit_id=unit, metric="conversion", event_id=f"e-{unit}"),
-                        timeout=5,
-                    )
-                    with lock:
-                        tracked.append(f"e-{unit}")
-                except grpc.RpcError:
-                    return  # the server is gone: nothing after this was acknowledged
-
-    threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(lanes)]
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    return exposed, tracked, stop
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_kill_9_under_load_loses_nothing_acknowledged(
     backend: str, sqlite_url: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -374,34 +312,18 @@ def test_kill_9_under_load_loses_nothing_acknowledged(
     so a SIGKILL loses none of them; the restarted server drains the journal into the store."""
     url = sqlite_url if backend == "sqlite" else str(request.getfixturevalue("pg_url"))
     store = SqlStore.from_url(url)
-    from abkit.infra.clock import SystemClock
-    from abkit.services.experiments import ExperimentService
-
-    ExperimentService(store, SystemClock()).apply(
-        experiment_from_dict(EXPERIMENT), actor="t", start=True
-    )
+    start_experiment(store)
     spool = tmp_path / "journal"
-    proc, port = _serve(url, spool)
-    exposed, tracked, stop = _load_until_killed(port, seconds=5.0)
+    proc, port = serve(url, spool)
+    load = load_until_killed(port, seconds=5.0)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
-    stop.set()
-    acknowledged_exposures, acknowledged_events = list(exposed), list(tracked)
-    restarted, _ = _serve(url, spool, {"ABKIT_WRITER_FLUSH_SECONDS": "0.05"})
-    deadline = time.monotonic() + 60
-    missing: tuple[list[str], list[str]] = (acknowledged_exposures, acknowledged_events)
-    while time.monotonic() < deadline:
-        with store.transaction() as tx:
-            missing = (
-                [u for u in acknowledged_exposures if tx.exposures.get("ranker-v2", u) is None],
-                [e for e in acknowledged_events if tx.events.get(e) is None],
-            )
-        if missing == ([], []):
-            break
-        time.sleep(0.5)
+    exposed, tracked = load.stop()
+    restarted, _ = serve(url, spool, {"ABKIT_WRITER_FLUSH_SECONDS": "0.05"})
+    missing = missing_rows(store, exposed, tracked)
     restarted.send_signal(signal.SIGTERM)
     _, err = restarted.communicate(timeout=60)
     store.close()
     assert restarted.returncode == 0, err
-    assert len(acknowledged_exposures) > 500 and len(acknowledged_events) > 500
+    assert len(exposed) > 500 and len(tracked) > 500
     assert missing == ([], [])
