@@ -87,7 +87,8 @@ class Load:
     ``tracked`` the event ids whose Track answered OK: everything the server acknowledged, in
     each lane's order."""
 
-    def __init__(self, port: int, lanes: int = 8, prefix: str = "k") -> None:
+    def __init__(self, port: int, lanes: int = 8, prefix: str = "k", track: bool = True) -> None:
+        self._track = track
         self.exposed: list[str] = []
         self.tracked: list[str] = []
         self.failures: list[str] = []
@@ -112,6 +113,8 @@ class Load:
                     if reply.assignments[0].in_experiment:
                         with self._lock:
                             self.exposed.append(unit)
+                    if not self._track:
+                        continue
                     stub.Track(
                         pb.TrackRequest(unit_id=unit, metric="conversion", event_id=f"e-{unit}"),
                         timeout=10,
@@ -132,8 +135,8 @@ class Load:
             return list(self.exposed), list(self.tracked)
 
 
-def load_until_killed(port: int, seconds: float, lanes: int = 8) -> Load:
-    load = Load(port, lanes)
+def load_until_killed(port: int, seconds: float, lanes: int = 8, track: bool = True) -> Load:
+    load = Load(port, lanes, track=track)
     time.sleep(seconds)
     return load
 

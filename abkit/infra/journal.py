@@ -3,8 +3,11 @@
 **Group commit.** :meth:`Journal.append` only buffers a framed record and returns a
 :class:`Receipt`; one flusher thread writes everything buffered since its last write with one
 ``write`` and one ``fdatasync``, then wakes the waiters. Concurrent calls share the fsync: the
-busier the server, the more each fsync carries (the classic database log, e.g. PostgreSQL's
-``commit_delay``-free group commit). A caller that must not answer before its rows are durable
+busier the server, the more each fsync carries (the classic database log). Under concurrency
+-- the last group held :data:`COMMIT_SIBLINGS` records or more -- the flusher first waits
+``commit_delay`` for the calls arriving meanwhile, as PostgreSQL's ``commit_delay`` and
+``commit_siblings`` do: fewer, fuller groups mean fewer thread wake-ups on a busy server; a
+lone call is never delayed. A caller that must not answer before its rows are durable
 waits on its receipt (:meth:`Receipt.wait`).
 
 **Format.** Segments ``00000001.journal``, ``00000002.journal``, ... of framed records::
@@ -51,6 +54,8 @@ from abkit.errors import StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
+COMMIT_SIBLINGS = 4
+"""Records the last group must have held for the next one to wait ``commit_delay``."""
 SUFFIX = ".journal"
 CHECKPOINT = "checkpoint"
 IDENTITY = "id"
@@ -193,6 +198,7 @@ class Journal:
         self._group = _Group()  # the records appended since the last flush
         self._urgent = False
         self._last_flush = 0.0
+        self._last_group = 0  # records in the last group written
         self._thread: threading.Thread | None = None
         # File mode: the active segment; memory mode: the records themselves.
         self._segment = 1
@@ -300,7 +306,13 @@ class Journal:
         while it writes one group, the next one gathers -- the group commit."""
         with self._lock:
             while self._failure is None:
-                if self._pending and self._urgent and not self._closing and self._commit_delay:
+                if (
+                    self._pending
+                    and self._urgent
+                    and not self._closing
+                    and self._commit_delay
+                    and self._last_group >= COMMIT_SIBLINGS
+                ):
                     # Commit delay: let the calls arriving now join this fsync (fewer, fuller
                     # group commits: each fsync is kernel time on the server's cores).
                     self._lock.release()
@@ -320,6 +332,7 @@ class Journal:
         """Write and sync the open group; called with the lock held, released while writing."""
         frames, rows, size = self._pending, self._pending_rows, self._pending_bytes
         group = self._group
+        self._last_group = len(frames)
         self._pending, self._pending_bytes, self._pending_rows = [], 0, 0
         self._group = _Group()
         self._urgent = False

@@ -123,41 +123,62 @@ class StreamLoader:
             self._done.set()
 
     async def _consume(self) -> None:
-        backoff = 0.1
+        """Fetch and check the next batch while the previous one is written: the checks are
+        this process's CPU, the write mostly the database's, so they overlap."""
+        batches: asyncio.Queue[list[tuple[Delivery, Decoded]] | None] = asyncio.Queue(maxsize=1)
+        writer = asyncio.ensure_future(self._write_loop(batches))
         last_lag = 0.0
-        while not self._stopping.is_set():
-            if time.monotonic() - last_lag > LAG_EVERY_SECONDS:
-                last_lag = time.monotonic()
-                await self._read_lag()
-            try:
-                messages = await self._consumer.fetch(self._batch, timeout=1.0)
-            except Exception as exc:  # noqa: BLE001 -- NATS away: wait, reconnect, go on
-                log.debug("loader: fetch failed: %s", exc)
-                await asyncio.sleep(0.5)
-                continue
-            if not messages:
-                continue
-            if await self._handle(messages):
-                backoff = 0.1
-            else:
-                self._redelivered += 1
-                for m in messages:
-                    await m.nak(delay=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
+        try:
+            while not self._stopping.is_set() and not writer.done():
+                if time.monotonic() - last_lag > LAG_EVERY_SECONDS:
+                    last_lag = time.monotonic()
+                    await self._read_lag()
+                try:
+                    messages = await self._consumer.fetch(self._batch, timeout=1.0)
+                except Exception as exc:  # noqa: BLE001 -- NATS away: wait, reconnect, go on
+                    log.debug("loader: fetch failed: %s", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                if messages:
+                    await batches.put(await self._decode(messages))
+        finally:
+            if not writer.done():
+                await batches.put(None)
+            await writer
 
-    async def _handle(self, messages: Sequence[Delivery]) -> bool:
-        """Write a fetched batch and acknowledge it; False when the store is unavailable (the
-        batch is left for redelivery)."""
+    async def _decode(self, messages: Sequence[Delivery]) -> list[tuple[Delivery, Decoded]]:
+        """The batch's messages, checked; poison ones are dead-lettered here."""
+        self._messages += len(messages)
         good: list[tuple[Delivery, Decoded]] = []
         for m in messages:
             try:
                 good.append((m, decode(m.headers, m.data)))
             except PoisonMessage as exc:
                 await self._dead_letter(m, str(exc))
+        return good
+
+    async def _write_loop(
+        self, batches: asyncio.Queue[list[tuple[Delivery, Decoded]] | None]
+    ) -> None:
+        """Write and acknowledge batches in the order they were fetched; while the store is
+        unavailable, hand them back to the stream (redelivered after a growing delay)."""
+        backoff = 0.1
+        while (batch := await batches.get()) is not None:
+            if await self._write_batch(batch):
+                backoff = 0.1
+                continue
+            self._redelivered += 1
+            for m, _ in batch:
+                await m.nak(delay=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._max_backoff)
+
+    async def _write_batch(self, batch: list[tuple[Delivery, Decoded]]) -> bool:
+        """Write a batch in one transaction, then acknowledge it; False when the store is
+        unavailable (nothing acknowledged)."""
         loop = asyncio.get_running_loop()
         try:
-            refused = await loop.run_in_executor(None, self._write_all, good)
+            refused = await loop.run_in_executor(None, self._write_all, batch)
         except StoreUnavailableError as exc:
             if not self.down:
                 log.warning("loader: the store refuses writes (%s); rows wait in the stream", exc)
@@ -167,10 +188,9 @@ class StreamLoader:
         refused_ids = {id(m) for m, _ in refused}
         for m, reason in refused:
             await self._dead_letter(m, reason)
-        for m, _ in good:
+        for m, _ in batch:
             if id(m) not in refused_ids:
                 await m.ack()
-        self._messages += len(messages)
         return True
 
     def _write_all(self, batch: list[tuple[Delivery, Decoded]]) -> list[tuple[Delivery, str]]:

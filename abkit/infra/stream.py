@@ -192,27 +192,41 @@ def _check_trace(trace_id: str, span_id: str) -> None:
 
 
 def _checked_rows(kind: RowKind, text: str) -> int:
-    """Every row of ``text`` checked against the limits the gRPC edge and the schema enforce."""
+    """Every row of ``text`` checked against the limits the gRPC edge and the schema enforce.
+    The columns rows of one request or one answer share are checked once per distinct value."""
+    seen: set[tuple[str, ...]] = set()
     if kind is RowKind.EXPOSURES:
         exposures = decode_exposures(text)
         for e in exposures:
-            check_key(e.experiment_key, "experiment_key")
-            check_key(e.arm_key, "arm_key")
+            shared = (e.experiment_key, e.arm_key, e.model_version, e.config_checksum,
+                      e.trace_id, e.span_id)  # fmt: skip
+            if shared not in seen:
+                _check_exposure_columns(*shared)
+                seen.add(shared)
             check_unit_id(e.unit_id, "unit_id")
-            if not e.model_version or len(e.model_version) > MAX_MODEL_VERSION:
-                raise ValidationError("model_version", f"must be 1-{MAX_MODEL_VERSION} characters")
-            if not 0 < len(e.config_checksum) <= MAX_CHECKSUM:
-                raise ValidationError("config_checksum", f"must be 1-{MAX_CHECKSUM} characters")
-            _check_trace(e.trace_id, e.span_id)
         return len(exposures)
     events = decode_events(text)
     for v in events:
         check_event_id(v.event_id, "event_id")
         check_unit_id(v.unit_id, "unit_id")
-        check_metric(v.metric, "metric")
         check_value(v.value, "value")
-        _check_trace(v.trace_id, v.span_id)
+        if (v.metric, v.trace_id, v.span_id) not in seen:
+            check_metric(v.metric, "metric")
+            _check_trace(v.trace_id, v.span_id)
+            seen.add((v.metric, v.trace_id, v.span_id))
     return len(events)
+
+
+def _check_exposure_columns(
+    key: str, arm: str, version: str, checksum: str, trace_id: str, span_id: str
+) -> None:
+    check_key(key, "experiment_key")
+    check_key(arm, "arm_key")
+    if not version or len(version) > MAX_MODEL_VERSION:
+        raise ValidationError("model_version", f"must be 1-{MAX_MODEL_VERSION} characters")
+    if not 0 < len(checksum) <= MAX_CHECKSUM:
+        raise ValidationError("config_checksum", f"must be 1-{MAX_CHECKSUM} characters")
+    _check_trace(trace_id, span_id)
 
 
 class StreamClient:

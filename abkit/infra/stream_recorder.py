@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from abkit.core.rows import RowKind
 from abkit.errors import StoreUnavailableError
-from abkit.infra.journal import Journal, Position, Record
+from abkit.infra.journal import COMMIT_SIBLINGS, Journal, Position, Record
 from abkit.infra.stream import MAX_MESSAGE_BYTES, Publisher
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class StreamSink:
         self._fallback = False
         self._sequence = 0
         self._last_flush = 0.0
+        self._last_group = 0
         self.refused = {RowKind.EXPOSURES: 0, RowKind.EVENTS: 0}
         self._published = 0
         self._journaled = 0
@@ -150,7 +151,13 @@ class StreamSink:
     def _run(self) -> None:
         with self._lock:
             while True:
-                if self._pending and self._urgent and not self._closing and self._commit_delay:
+                if (
+                    self._pending
+                    and self._urgent
+                    and not self._closing
+                    and self._commit_delay
+                    and self._last_group >= COMMIT_SIBLINGS
+                ):
                     self._lock.release()
                     time.sleep(self._commit_delay)
                     self._lock.acquire()
@@ -164,6 +171,7 @@ class StreamSink:
 
     def _flush_locked(self) -> None:
         batch, group = self._pending, self._group
+        self._last_group = len(batch)
         self._pending, self._pending_bytes, self._group = [], 0, _Group()
         self._urgent = False
         self._shipping = True
