@@ -77,6 +77,8 @@ bench: install bench-tools
 	$(BIN)/python tests/benchmarks/bench_peers.py
 	$(BIN)/python tests/benchmarks/bench_grpc.py
 	$(BIN)/python tests/benchmarks/bench_journal.py
+	$(BIN)/python tests/benchmarks/bench_async_loss.py
+	$(BIN)/python tests/benchmarks/bench_ingest.py
 	$(BIN)/python tests/benchmarks/bench_analysis.py
 	$(BIN)/python tests/benchmarks/bench_scale.py
 

@@ -16,12 +16,20 @@ same way), each on a **fresh database and fresh server processes**:
 * ``new`` -- abkit, new units, exposures durable before the answer (the default,
   ``ABKIT_EXPOSURE_DURABILITY=sync``: the local journal's group commit);
 * ``new-async`` -- the same with ``ABKIT_EXPOSURE_DURABILITY=async``;
+* ``new-stream`` -- stream mode: the same server publishing to a JetStream stream of its own on
+  the local NATS server (acknowledged by the stream before the answer), with one ``abkit
+  loader`` process copying the stream into PostgreSQL during the run;
 * ``returning`` -- abkit, a pool of 1,000 units asked once before the measurement: nothing new to
   write.
 
+**Latency at half load.** For the three ``new`` kinds, the same fresh server then takes a second,
+rate-limited run at half the calls per second its maximum run reached (open loop: a call is
+timed from when it was due, so queueing counts), and its p99 is reported.
+
 After each abkit run the server is stopped (SIGTERM: it drains its journal) and the
-``exposures`` table must hold exactly the units the run asked for (coverage 1, no targeting:
-every answer is ``in_experiment``); otherwise the run is invalid. CPU seconds of the servers,
+``exposures`` table must hold exactly the units the runs asked for (coverage 1, no targeting:
+every answer is ``in_experiment``; in stream mode, once the loader has caught up); otherwise
+the run is invalid. CPU seconds of the servers,
 the PostgreSQL backends and the generator during the measured window are reported: on this
 2-core machine all three share the cores.
 
@@ -60,7 +68,9 @@ arms:
   - {key: control, model_version: v1, weight: 0.5, control: true}
   - {key: treatment, model_version: v2, weight: 0.5}
 """
-KINDS = ("baseline", "new", "new-async", "returning")
+KINDS = ("baseline", "new", "new-async", "new-stream", "returning")
+NEW = ("new", "new-async", "new-stream")
+NATS_URL = os.environ.get("ABKIT_TEST_NATS_URL", "nats://127.0.0.1:4222")
 POOL = 1000
 
 
@@ -143,10 +153,18 @@ def server(
             args, {**env, "ABKIT_SPOOL_DIR": journal, "ABKIT_EXPOSURE_DURABILITY": mode}
         )
         procs.append(proc)
+        if kind == "new-stream":
+            loader = subprocess.Popen(
+                [sys.executable, "-m", "abkit", "loader"], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
+            )  # fmt: skip
+            procs.append(loader)
     time.sleep(1.0)
     try:
         yield port, [d for p in procs for d in descendants(p.pid)]
     finally:
+        if kind == "new-stream":
+            wait_loaded(env["ABKIT_DATABASE_URL"], procs)
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
@@ -157,6 +175,47 @@ def server(
             reserved.close()
 
 
+def wait_loaded(url: str, procs: list[subprocess.Popen[str]], timeout: float = 300) -> None:
+    """Stream mode: stop the server first (it has published everything it acknowledged), then
+    wait until the loader has nothing left to load (the row count stops moving)."""
+    procs[0].send_signal(signal.SIGTERM)
+    procs[0].communicate(timeout=120)
+    engine = create_store_engine(url)
+    last, still, deadline = -1, 0, time.monotonic() + timeout
+    while still < 4 and time.monotonic() < deadline:
+        with engine.connect() as conn:
+            count = conn.execute(sa.text("SELECT count(*) FROM exposures")).scalar_one()
+        still = still + 1 if count == last else 0
+        last = count
+        time.sleep(0.5)
+    engine.dispose()
+
+
+def stream_env(tag: str) -> dict[str, str]:
+    safe = re.sub(r"[^A-Za-z0-9]", "", tag)[-40:]
+    return {
+        "ABKIT_STREAM_URL": NATS_URL,
+        "ABKIT_STREAM_NAME": f"BENCH_{safe}",
+        "ABKIT_STREAM_SUBJECT_PREFIX": f"bench-{safe}",
+        "ABKIT_LOADER_DURABLE": f"loader-{safe}",
+    }
+
+
+def delete_stream(name: str) -> None:
+    import asyncio
+
+    import nats
+
+    async def delete() -> None:
+        nc = await nats.connect(NATS_URL)
+        try:
+            await nc.jetstream().delete_stream(name)
+        finally:
+            await nc.close()
+
+    asyncio.run(delete())
+
+
 @dataclass
 class Run:
     method: str
@@ -164,6 +223,7 @@ class Run:
     kind: str
     units_per_s: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
+    p99_half_ms: list[float] = field(default_factory=list)
     cpu: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -172,6 +232,9 @@ def one_run(run: Run, round_no: int, seconds: float) -> None:
         work = Path(tmp)
         (work / "exp.yaml").write_text(EXPERIMENT)
         env = {**os.environ, "ABKIT_DATABASE_URL": url}
+        tag = f"{round_no}{run.method}{run.processes}{time.time_ns()}"
+        if run.kind == "new-stream":
+            env.update(stream_env(tag))
         subprocess.run(
             [sys.executable, "-m", "abkit", "experiment", "apply", "-f", str(work / "exp.yaml"),
              "--start"], env=env, check=True, capture_output=True,
@@ -188,13 +251,20 @@ def one_run(run: Run, round_no: int, seconds: float) -> None:
             before = (cpu_seconds(pids), cpu_seconds(pg))
             report = loadgen(port, run.method, seconds, prefix, *extra)
             after = (cpu_seconds(pids), cpu_seconds(postgres_pids()))
-        asked = int(report["units_asked"])  # type: ignore[call-overload]
-        if run.kind in ("new", "new-async"):
+            asked = int(report["units_asked"])  # type: ignore[call-overload]
+            if run.kind in NEW:
+                half = float(report["rps"]) / 2  # type: ignore[arg-type]
+                slow = loadgen(port, run.method, seconds, f"{prefix}h", "-rate", f"{half:.1f}")
+                run.p99_half_ms.append(float(slow["p99_ms"]))  # type: ignore[arg-type]
+                asked += int(slow["units_asked"])  # type: ignore[call-overload]
+        if run.kind == "new-stream":
+            delete_stream(env["ABKIT_STREAM_NAME"])
+        if run.kind in NEW:
             engine = create_store_engine(url)
             with engine.connect() as conn:
                 stored = conn.execute(
                     sa.text("SELECT count(*) FROM exposures WHERE unit_id LIKE :p"),
-                    {"p": f"{prefix}-%"},
+                    {"p": f"{prefix}%"},  # both runs: <prefix>-n and <prefix>h-n
                 ).scalar_one()
             engine.dispose()
             if stored != asked:
@@ -208,9 +278,10 @@ def one_run(run: Run, round_no: int, seconds: float) -> None:
             "loadgen_s": round(float(report["loadgen_cpu_s"] or 0.0), 2),  # type: ignore[arg-type]
         }
     )
-    print(f"  round {round_no} {run.method:11s} x{run.processes} {run.kind:9s} "
-          f"{run.units_per_s[-1]:>10,.0f} units/s  p99 {run.p99_ms[-1]:.1f} ms  cpu {run.cpu[-1]}",
-          file=sys.stderr, flush=True)  # fmt: skip
+    half = f" (at half load {run.p99_half_ms[-1]:.1f} ms)" if run.kind in NEW else ""
+    print(f"  round {round_no} {run.method:11s} x{run.processes} {run.kind:10s} "
+          f"{run.units_per_s[-1]:>10,.0f} units/s  p99 {run.p99_ms[-1]:.1f} ms{half}  "
+          f"cpu {run.cpu[-1]}", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -218,14 +289,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--processes", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--methods", nargs="*", default=["Assign", "AssignBatch"])
+    parser.add_argument("--kinds", nargs="*", default=list(KINDS))
     args = parser.parse_args()
     if not LOADGEN.exists():
         raise SystemExit(f"{LOADGEN} is missing: make bench-tools")
     runs = {
         (m, p, k): Run(m, p, k)
-        for m in ("Assign", "AssignBatch")
+        for m in args.methods
         for p in args.processes
-        for k in KINDS
+        for k in ["baseline", *[k for k in args.kinds if k != "baseline"]]
     }
     for round_no in range(1, args.rounds + 1):  # interleaved: drift hits every kind alike
         for run in runs.values():
@@ -234,11 +307,21 @@ def main() -> None:
     for (method, processes, kind), run in runs.items():
         base = runs[(method, processes, "baseline")]
         ratios = [a / b for a, b in zip(run.units_per_s, base.units_per_s, strict=True)]
+        extra = {}
+        if kind == "new" and (method, processes, "new-async") in runs:
+            to_async = runs[(method, processes, "new-async")].units_per_s
+            extra["ratio_to_new_async_median"] = round(
+                statistics.median(a / b for a, b in zip(run.units_per_s, to_async, strict=True)), 3
+            )
         summary[f"{method} x{processes} {kind}"] = {
+            **extra,
             "units_per_s_median": round(statistics.median(run.units_per_s)),
             "ratio_to_baseline_median": round(statistics.median(ratios), 3),
             "ratios": [round(r, 3) for r in ratios],
             "p99_ms_median": round(statistics.median(run.p99_ms), 2),
+            "p99_at_half_load_ms_median": (
+                round(statistics.median(run.p99_half_ms), 2) if run.p99_half_ms else None
+            ),
             "cpu": run.cpu,
             "raw_units_per_s": [round(u) for u in run.units_per_s],
         }

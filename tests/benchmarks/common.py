@@ -7,6 +7,8 @@ from the script's own directory.
 from __future__ import annotations
 
 import os
+import statistics
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +43,59 @@ SELECT arm_key, COUNT(*), SUM(y), SUM(y * y) FROM (
 ) AS per_unit
 GROUP BY arm_key
 """
+
+
+# The fair per-unit baseline: grouped by the unit alone (one exposure per unit and experiment),
+# the arm carried along -- the plan abkit's own query can use.
+FAIR = """
+SELECT arm_key, COUNT(*), SUM(y), SUM(y * y) FROM (
+    SELECT x.unit_id, MIN(x.arm_key) AS arm_key, SUM(v.value) AS y
+    FROM exposures AS x
+    LEFT JOIN events AS v ON v.unit_id = x.unit_id AND v.metric IN ('conversion', 'revenue')
+    WHERE x.experiment_key = 'bench'
+    GROUP BY x.unit_id
+) AS per_unit
+GROUP BY arm_key
+"""
+# The floor: one GROUP BY arm over the same join. It cannot yield a sum of squares of per-unit
+# values (no variance, so no test), so nothing that analyses an experiment can be as cheap.
+JOIN_ONLY = """
+SELECT x.arm_key, COUNT(*), SUM(v.value)
+FROM exposures AS x
+LEFT JOIN events AS v ON v.unit_id = x.unit_id AND v.metric IN ('conversion', 'revenue')
+WHERE x.experiment_key = 'bench'
+GROUP BY x.arm_key
+"""
+PER_UNIT = {"arm_unit": BARE, "unit_arm_carried": FAIR}
+
+
+def time_baselines(conn: sa.Connection) -> dict[str, float]:
+    """One timing (seconds) of each per-unit baseline under PostgreSQL's plan and under abkit's
+    planner settings, and of the join-only floor. Call it interleaved with abkit's query."""
+    times: dict[str, float] = {}
+    for name, sql in PER_UNIT.items():
+        for streamed in (False, True):
+            started = time.perf_counter()
+            run_bare(conn, streamed=streamed, sql=sql)
+            times[f"{name}{'_streamed' if streamed else ''}"] = time.perf_counter() - started
+    started = time.perf_counter()
+    run_bare(conn, streamed=False, sql=JOIN_ONLY)
+    times["join_only"] = time.perf_counter() - started
+    return times
+
+
+def baseline_summary(ours: list[float], runs: list[dict[str, float]]) -> dict[str, object]:
+    """abkit's median against the fastest per-unit baseline's median, and against the floor."""
+    medians = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    per_unit = min(v for k, v in medians.items() if k != "join_only")
+    query = statistics.median(ours)
+    return {
+        "query_s": round(query, 3),
+        "baselines_median_s": {k: round(v, 3) for k, v in medians.items()},
+        "ratio_to_fastest_per_unit": round(query / per_unit, 3),
+        "fastest_per_unit": min((k for k in medians if k != "join_only"), key=lambda k: medians[k]),
+        "ratio_to_join_only_floor": round(query / medians["join_only"], 3),
+    }
 
 
 def run_bare(conn: sa.Connection, *, streamed: bool, sql: str = BARE) -> None:
