@@ -51,7 +51,7 @@ analysis-sql: install
 # with the peers abkit is compared with -- never runtime dependencies.
 # The whole run takes about an hour and a half, most of it loading 60M rows for bench_scale.
 BENCH_VENV  := .bench-venv
-BENCH_PEERS := growthbook==4.0.0 planout==0.6.0 six==1.17.0
+BENCH_PEERS := growthbook==4.0.0 planout==0.6.0 six==1.17.0 py-spy==0.4.3
 
 $(BENCH_VENV)/.installed-stamp:
 	$(PYTHON) -m venv $(BENCH_VENV)

@@ -1,0 +1,114 @@
+"""Profile: where a gRPC server's CPU goes under the same load as bench_grpc.py.
+
+Starts one server of a ``bench_grpc`` kind (``baseline``, ``new``, ``new-async``, ``returning``)
+on a fresh database, runs the Go generator against it, and profiles the server process during
+the run with
+
+* ``py-spy`` (``--gil``: only the thread holding the GIL, ``--nonblocking``; ``.bench-venv``
+  has it): the share of samples per part of the request path -- grpcio's Python layer, abkit's
+  request path, the wait for the group commit, the journal and drain threads;
+* ``perf`` (Debian's ``linux-perf``): the share of the process's CPU per shared object and per
+  symbol, kernel included (context switches show up there).
+
+    .venv/bin/python tests/benchmarks/profile_grpc.py --kind new --tool py-spy
+    .venv/bin/python tests/benchmarks/profile_grpc.py --kind baseline --tool perf
+
+A measurement aid, not a benchmark: the figures in BENCHMARKS.md come from bench_grpc.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import bench_grpc as bg
+from common import scratch_database
+
+PY_SPY = bg.ROOT / ".bench-venv" / "bin" / "py-spy"
+PARTS = (
+    ("wait for the group commit", "Receipt.wait"),
+    ("journal thread", "Journal._run"),
+    ("drain thread", "JournalDrain"),
+    ("abkit request path", "abkit/rpc/tracing.py"),
+)
+
+
+def py_spy_parts(raw: Path) -> dict[str, float]:
+    """Share of GIL-held samples per part, from py-spy's raw (collapsed) output."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        part = next((name for name, marker in PARTS if marker in stack), None)
+        if part is None:
+            leaf = stack.rsplit(";", 1)[-1]
+            part = "grpcio: threading.Condition" if "threading.py" in leaf else "grpcio, other"
+        counts[part] += int(n)
+    total = sum(counts.values()) or 1
+    return {k: round(100 * v / total, 1) for k, v in counts.most_common()}
+
+
+def perf_report(data: Path, sort: str, top: int) -> list[str]:
+    out = subprocess.run(
+        ["perf", "report", "-i", str(data), "--stdio", "--sort", sort],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.startswith("#")][:top]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--kind", default="new", choices=["baseline", "new", "new-async", "returning"]
+    )
+    parser.add_argument("--method", default="Assign", choices=["Assign", "AssignBatch"])
+    parser.add_argument("--tool", default="py-spy", choices=["py-spy", "perf"])
+    parser.add_argument("--seconds", type=float, default=12.0)
+    args = parser.parse_args()
+    with scratch_database() as url, tempfile.TemporaryDirectory(prefix="abkit-prof-") as tmp:
+        work = Path(tmp)
+        (work / "exp.yaml").write_text(bg.EXPERIMENT)
+        env = {**os.environ, "ABKIT_DATABASE_URL": url}
+        subprocess.run(
+            [sys.executable, "-m", "abkit", "experiment", "apply", "-f", str(work / "exp.yaml"),
+             "--start"], env=env, check=True, capture_output=True,
+        )  # fmt: skip
+        out = work / "profile"
+        with bg.server(args.kind, 1, env, work) as (port, pids):
+            extra: tuple[str, ...] = ()
+            if args.kind == "returning":
+                extra = ("-units", "returning", "-pool", str(bg.POOL))
+                bg.loadgen(port, "Assign", 60, "warm", *extra, "-n", str(bg.POOL), "-c", "1",
+                           "-m", "1")  # fmt: skip
+            seconds = f"{args.seconds:g}"
+            if args.tool == "py-spy":
+                cmd = [str(PY_SPY), "record", "--pid", str(pids[0]), "--duration", seconds,
+                       "--rate", "200", "--gil", "--nonblocking", "--format", "raw",
+                       "-o", str(out)]  # fmt: skip
+            else:
+                cmd = ["perf", "record", "-F", "499", "-p", str(pids[0]), "-o", str(out),
+                       "--", "sleep", seconds]  # fmt: skip
+            profiler = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            report = bg.loadgen(
+                port, args.method, args.seconds + 2, f"prof{time.time_ns()}", *extra
+            )
+            profiler.wait()
+        print(
+            f"{args.kind} {args.method}: {report['units_per_second']:,.0f} units/s "
+            "under the profiler"
+        )
+        if args.tool == "py-spy":
+            for part, share in py_spy_parts(out).items():
+                print(f"{share:5.1f} %  {part}")
+        else:
+            print("\n".join(perf_report(out, "dso", 6)))
+            print("\n".join(perf_report(out, "sym", 12)))
+
+
+if __name__ == "__main__":
+    main()
