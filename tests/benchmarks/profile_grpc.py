@@ -12,6 +12,11 @@ the run with
 
     .venv/bin/python tests/benchmarks/profile_grpc.py --kind new --tool py-spy
     .venv/bin/python tests/benchmarks/profile_grpc.py --kind baseline --tool perf
+    .venv/bin/python tests/benchmarks/profile_grpc.py --kind new --tool none \
+        --env ABKIT_WRITER_FLUSH_SECONDS=120 --env ABKIT_WRITER_BATCH_SIZE=10000000
+
+``--tool none`` only measures (no profiler attached); ``--env`` sets a server setting, for
+experiments like the ones BENCHMARKS.md reports (drain held off, pool size).
 
 A measurement aid, not a benchmark: the figures in BENCHMARKS.md come from bench_grpc.py.
 """
@@ -67,13 +72,19 @@ def main() -> None:
         "--kind", default="new", choices=["baseline", "new", "new-async", "returning"]
     )
     parser.add_argument("--method", default="Assign", choices=["Assign", "AssignBatch"])
-    parser.add_argument("--tool", default="py-spy", choices=["py-spy", "perf"])
+    parser.add_argument("--tool", default="py-spy", choices=["py-spy", "perf", "none"])
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--seconds", type=float, default=12.0)
     args = parser.parse_args()
     with scratch_database() as url, tempfile.TemporaryDirectory(prefix="abkit-prof-") as tmp:
         work = Path(tmp)
         (work / "exp.yaml").write_text(bg.EXPERIMENT)
         env = {**os.environ, "ABKIT_DATABASE_URL": url}
+        for setting in args.env:
+            name, sep, value = setting.partition("=")
+            if not sep or not name.startswith("ABKIT_"):
+                raise SystemExit(f"--env {setting!r}: expected ABKIT_NAME=VALUE")
+            env[name] = value
         subprocess.run(
             [sys.executable, "-m", "abkit", "experiment", "apply", "-f", str(work / "exp.yaml"),
              "--start"], env=env, check=True, capture_output=True,
@@ -90,22 +101,27 @@ def main() -> None:
                 cmd = [str(PY_SPY), "record", "--pid", str(pids[0]), "--duration", seconds,
                        "--rate", "200", "--gil", "--nonblocking", "--format", "raw",
                        "-o", str(out)]  # fmt: skip
-            else:
+            elif args.tool == "perf":
                 cmd = ["perf", "record", "-F", "499", "-p", str(pids[0]), "-o", str(out),
                        "--", "sleep", seconds]  # fmt: skip
-            profiler = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            else:
+                cmd = []
+            profiler = (
+                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                if cmd
+                else None
+            )
             report = bg.loadgen(
                 port, args.method, args.seconds + 2, f"prof{time.time_ns()}", *extra
             )
-            profiler.wait()
-        print(
-            f"{args.kind} {args.method}: {report['units_per_second']:,.0f} units/s "
-            "under the profiler"
-        )
+            if profiler is not None:
+                profiler.wait()
+        under = "" if profiler is None else " under the profiler"
+        print(f"{args.kind} {args.method}: {report['units_per_second']:,.0f} units/s{under}")
         if args.tool == "py-spy":
             for part, share in py_spy_parts(out).items():
                 print(f"{share:5.1f} %  {part}")
-        else:
+        elif args.tool == "perf":
             print("\n".join(perf_report(out, "dso", 6)))
             print("\n".join(perf_report(out, "sym", 12)))
 
