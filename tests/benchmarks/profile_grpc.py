@@ -76,15 +76,16 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--seconds", type=float, default=12.0)
     args = parser.parse_args()
+    settings = {}
+    for setting in args.env:
+        name, sep, value = setting.partition("=")
+        if not sep or not name.startswith("ABKIT_"):
+            parser.error(f"--env {setting!r}: expected ABKIT_NAME=VALUE")
+        settings[name] = value
     with scratch_database() as url, tempfile.TemporaryDirectory(prefix="abkit-prof-") as tmp:
         work = Path(tmp)
         (work / "exp.yaml").write_text(bg.EXPERIMENT)
-        env = {**os.environ, "ABKIT_DATABASE_URL": url}
-        for setting in args.env:
-            name, sep, value = setting.partition("=")
-            if not sep or not name.startswith("ABKIT_"):
-                raise SystemExit(f"--env {setting!r}: expected ABKIT_NAME=VALUE")
-            env[name] = value
+        env = {**os.environ, "ABKIT_DATABASE_URL": url, **settings}
         subprocess.run(
             [sys.executable, "-m", "abkit", "experiment", "apply", "-f", str(work / "exp.yaml"),
              "--start"], env=env, check=True, capture_output=True,
