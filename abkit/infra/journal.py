@@ -47,7 +47,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, NamedTuple, Protocol
 
 from abkit.core.rows import RowKind
 from abkit.errors import StoreUnavailableError
@@ -110,8 +110,9 @@ class JournalStats:
     failed: bool
 
 
-class _Group:
-    """The records of one group commit; its event is set when they are durable (or failed)."""
+class Group:
+    """The records of one group commit; its event is set when they are durable (or failed).
+    Shared by the journal and the stream sink (:mod:`abkit.infra.stream_recorder`)."""
 
     __slots__ = ("done", "durable")
 
@@ -120,20 +121,24 @@ class _Group:
         self.durable = False
 
 
+class _Committer(Protocol):
+    def _hurry(self) -> None: ...
+
+
 class Receipt:
-    """Tells when an append is durable."""
+    """Tells when an append is durable: its group's commit, hurried along by a waiter."""
 
-    __slots__ = ("_group", "_journal")
+    __slots__ = ("_committer", "_group")
 
-    def __init__(self, journal: Journal, group: _Group) -> None:
-        self._journal = journal
+    def __init__(self, committer: _Committer, group: Group) -> None:
+        self._committer = committer
         self._group = group
 
     def wait(self, timeout: float) -> bool:
-        """Block until the record is durable; False on timeout or when the journal failed."""
+        """Block until the record is durable; False on timeout or when the commit failed."""
         group = self._group
         if not group.done.is_set():
-            self._journal._hurry()
+            self._committer._hurry()
             group.done.wait(timeout)
         return group.durable
 
@@ -195,7 +200,7 @@ class Journal:
         self._syncs = 0
         self._failure: BaseException | None = None
         self._closing = False
-        self._group = _Group()  # the records appended since the last flush
+        self._group = Group()  # the records appended since the last flush
         self._urgent = False
         self._last_flush = 0.0
         self._last_group = 0  # records in the last group written
@@ -334,7 +339,7 @@ class Journal:
         group = self._group
         self._last_group = len(frames)
         self._pending, self._pending_bytes, self._pending_rows = [], 0, 0
-        self._group = _Group()
+        self._group = Group()
         self._urgent = False
         failure: OSError | None = None
         self._lock.release()

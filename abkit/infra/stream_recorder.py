@@ -26,35 +26,20 @@ from dataclasses import dataclass
 
 from abkit.core.rows import RowKind
 from abkit.errors import StoreUnavailableError
-from abkit.infra.journal import COMMIT_SIBLINGS, Journal, Position, Record
+from abkit.infra.journal import (
+    COMMIT_SIBLINGS,
+    FLUSH_INTERVAL,
+    Group,
+    Journal,
+    Position,
+    Receipt,
+    Record,
+)
 from abkit.infra.stream import MAX_MESSAGE_BYTES, Publisher
 
 log = logging.getLogger(__name__)
 
-FLUSH_INTERVAL = 0.005
 MAX_PENDING_BYTES = 64 << 20
-
-
-class _Group:
-    __slots__ = ("done", "durable")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.durable = False
-
-
-class _Receipt:
-    __slots__ = ("_group", "_sink")
-
-    def __init__(self, sink: StreamSink, group: _Group) -> None:
-        self._sink = sink
-        self._group = group
-
-    def wait(self, timeout: float) -> bool:
-        if not self._group.done.is_set():
-            self._sink._hurry()
-            self._group.done.wait(timeout)
-        return self._group.durable
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +62,7 @@ class StreamRecorder:
     def refused(self) -> int:
         return self._sink.refused[self._kind]
 
-    def record(self, text: str, rows: int) -> _Receipt:
+    def record(self, text: str, rows: int) -> Receipt:
         return self._sink.append(self._kind, text, rows)
 
 
@@ -99,7 +84,7 @@ class StreamSink:
         self._work = threading.Condition(self._lock)
         self._pending: list[tuple[RowKind, str, int]] = []
         self._pending_bytes = 0
-        self._group = _Group()
+        self._group = Group()
         self._urgent = False
         self._closing = False
         self._shipping = False
@@ -128,7 +113,7 @@ class StreamSink:
 
     # -- the request side ------------------------------------------------------------------------
 
-    def append(self, kind: RowKind, text: str, rows: int) -> _Receipt:
+    def append(self, kind: RowKind, text: str, rows: int) -> Receipt:
         with self._lock:
             if self._closing:
                 self.refused[kind] += rows
@@ -138,7 +123,7 @@ class StreamSink:
                 raise StoreUnavailableError("too many rows wait for the stream; retry shortly")
             self._pending.append((kind, text, rows))
             self._pending_bytes += len(text)
-            return _Receipt(self, self._group)
+            return Receipt(self, self._group)
 
     def _hurry(self) -> None:
         with self._lock:
@@ -172,7 +157,7 @@ class StreamSink:
     def _flush_locked(self) -> None:
         batch, group = self._pending, self._group
         self._last_group = len(batch)
-        self._pending, self._pending_bytes, self._group = [], 0, _Group()
+        self._pending, self._pending_bytes, self._group = [], 0, Group()
         self._urgent = False
         self._shipping = True
         fallback = self._fallback
@@ -271,7 +256,7 @@ class StreamSink:
         deadline = time.monotonic() + timeout
         with self._lock:
             group = self._group if self._pending else None
-        if group is not None and not _Receipt(self, group).wait(timeout):
+        if group is not None and not Receipt(self, group).wait(timeout):
             return False
         while time.monotonic() < deadline:
             with self._lock:
