@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -73,6 +73,25 @@ def _journal(settings: Settings, directory: str | None) -> Journal:
     )
 
 
+def _open_orphans(settings: Settings, directories: Sequence[str], verb: str) -> Iterator[Journal]:
+    """Open each journal no process of this server writes any more; one still in use (locked
+    by a live process) is left alone."""
+    for directory in directories:
+        journal = _journal(settings, directory)
+        try:
+            journal.open()
+        except JournalInUse as exc:
+            log.warning("not adopting %s: %s", directory, exc)
+            continue
+        log.warning(
+            "%s the journal %s of a process that no longer exists (%d rows)",
+            verb,
+            directory,
+            journal.stats().backlog_rows,
+        )
+        yield journal
+
+
 class DirectIngest:
     """Journal first, then the store (the default, single-box mode)."""
 
@@ -104,20 +123,9 @@ class DirectIngest:
     def adopt(self, directories: Sequence[str]) -> None:
         """Drain journals no process of this server writes any more (``abkit grpc`` with fewer
         processes than last time) into the store; one still in use is left alone."""
-        for directory in directories:
-            journal = _journal(self._settings, directory)
-            try:
-                journal.open()
-            except JournalInUse as exc:
-                log.warning("not adopting %s: %s", directory, exc)
-                continue
+        for journal in _open_orphans(self._settings, directories, "draining"):
             drain = self._drain(journal)
             drain.start()
-            log.warning(
-                "draining the journal %s of a process that no longer exists (%d rows)",
-                directory,
-                journal.stats().backlog_rows,
-            )
             self._adopted.append((journal, drain))
 
     @property
@@ -182,20 +190,9 @@ class StreamIngest:
 
     def adopt(self, directories: Sequence[str]) -> None:
         """Forward journals no process of this server writes any more to the stream."""
-        for directory in directories:
-            journal = _journal(self._settings, directory)
-            try:
-                journal.open()
-            except JournalInUse as exc:
-                log.warning("not adopting %s: %s", directory, exc)
-                continue
+        for journal in _open_orphans(self._settings, directories, "forwarding"):
             forwarder = StreamSink(self.client, journal)
             forwarder.start()
-            log.warning(
-                "forwarding the journal %s of a process that no longer exists (%d rows)",
-                directory,
-                journal.stats().backlog_rows,
-            )
             self._adopted.append((journal, forwarder))
 
     @property
