@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,28 @@ from abkit.infra.journal import Journal, Position, Record
 from abkit.ports import Store
 
 log = logging.getLogger(__name__)
+
+
+def write_rows(store: Store, parts: Iterable[tuple[RowKind, str, int]]) -> dict[RowKind, int]:
+    """Write ``(kind, COPY text, rows)`` parts in one transaction, each kind's text in one
+    idempotent insert (PostgreSQL copies it as it is); the rows that were new, per kind. Shared
+    by the drain and ``abkit loader``."""
+    texts: dict[RowKind, list[str]] = {RowKind.EXPOSURES: [], RowKind.EVENTS: []}
+    rows = dict.fromkeys(texts, 0)
+    for kind, text, n in parts:
+        texts[kind].append(text)
+        rows[kind] += n
+    new = dict.fromkeys(texts, 0)
+    with store.transaction() as tx:
+        if texts[RowKind.EXPOSURES]:
+            new[RowKind.EXPOSURES] = tx.exposures.add_text(
+                "".join(texts[RowKind.EXPOSURES]), rows[RowKind.EXPOSURES]
+            )
+        if texts[RowKind.EVENTS]:
+            new[RowKind.EVENTS] = tx.events.add_text(
+                "".join(texts[RowKind.EVENTS]), rows[RowKind.EVENTS]
+            )
+    return new
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,19 +125,10 @@ class JournalDrain:
         return rows
 
     def _write(self, records: Sequence[Record]) -> None:
-        exposures = [r for r in records if r.kind is RowKind.EXPOSURES]
-        events = [r for r in records if r.kind is RowKind.EVENTS]
-        with self._store.transaction() as tx:
-            new_exposures = new_events = 0
-            if exposures:
-                text = b"".join(r.payload for r in exposures).decode()
-                new_exposures = tx.exposures.add_text(text, sum(r.rows for r in exposures))
-            if events:
-                text = b"".join(r.payload for r in events).decode()
-                new_events = tx.events.add_text(text, sum(r.rows for r in events))
-        self._written[RowKind.EXPOSURES] += new_exposures
-        self._written[RowKind.EVENTS] += new_events
-        self._duplicates += sum(r.rows for r in records) - new_exposures - new_events
+        new = write_rows(self._store, [(r.kind, r.payload.decode(), r.rows) for r in records])
+        for kind, rows in new.items():
+            self._written[kind] += rows
+        self._duplicates += sum(r.rows for r in records) - sum(new.values())
 
     def _one_by_one(self, records: Sequence[Record]) -> bool:
         """Write each record alone; dead-letter the ones the store refuses. False when the store

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from abkit.config import Settings
 from abkit.core.rows import RowKind
 from abkit.errors import StoreUnavailableError
+from abkit.infra.drain import write_rows
 from abkit.infra.stream import (
     KIND_NAMES,
     Consumer,
@@ -214,19 +215,10 @@ class StreamLoader:
         return refused
 
     def _write(self, decoded: Sequence[Decoded]) -> None:
-        exposures = [d for d in decoded if d.kind is RowKind.EXPOSURES]
-        events = [d for d in decoded if d.kind is RowKind.EVENTS]
-        with self._store.transaction() as tx:
-            new_exposures = new_events = 0
-            if exposures:
-                text = "".join(d.text for d in exposures)
-                new_exposures = tx.exposures.add_text(text, sum(d.rows for d in exposures))
-            if events:
-                text = "".join(d.text for d in events)
-                new_events = tx.events.add_text(text, sum(d.rows for d in events))
-        self._written[RowKind.EXPOSURES] += new_exposures
-        self._written[RowKind.EVENTS] += new_events
-        self._duplicates += sum(d.rows for d in decoded) - new_exposures - new_events
+        new = write_rows(self._store, [(d.kind, d.text, d.rows) for d in decoded])
+        for kind, rows in new.items():
+            self._written[kind] += rows
+        self._duplicates += sum(d.rows for d in decoded) - sum(new.values())
 
     async def _dead_letter(self, message: Delivery, reason: str) -> None:
         await self._consumer.dead_letter(message, reason)
