@@ -220,11 +220,7 @@ def test_each_service_command_runs_and_becomes_healthy(
             for i in range(20):
                 stub.Assign(pb.AssignRequest(unit_id=f"u{i}", attributes=attrs), timeout=5)
     finally:
-        for proc in processes.values():
-            proc.send_signal(signal.SIGTERM)
-        for service, proc in processes.items():
-            _, err = proc.communicate(timeout=60)
-            assert proc.returncode == 0, f"{service}: {err}"
+        _stop_all(processes)
     # The real OTLP exporters flushed on shutdown: spans and metrics reached the "collector".
     assert ("abkit-grpc", "abkit.v1.AssignmentService/Assign") in collector.spans
     assert ("abkit-grpc", "abkit.assignments") in collector.metrics
@@ -287,11 +283,16 @@ def test_stream_mode_services_run_and_become_healthy(
         engine.dispose()
         assert count == len(units)  # in the stream first, then loaded into PostgreSQL
     finally:
-        for proc in processes.values():
-            proc.send_signal(signal.SIGTERM)
-        for service, proc in processes.items():
-            _, err = proc.communicate(timeout=60)
-            assert proc.returncode == 0, f"{service}: {err}"
+        _stop_all(processes)
     assert ("abkit-loader", "abkit.loader.lag") in collector.metrics
     assert ("abkit-loader", "abkit.loader.rows") in collector.metrics
     assert ("abkit-grpc", "abkit.records.published") in collector.metrics
+
+
+def _stop_all(processes: dict[str, subprocess.Popen[str]]) -> None:
+    """SIGTERM to every service, then each must exit 0 (graceful stop)."""
+    for proc in processes.values():
+        proc.send_signal(signal.SIGTERM)
+    for service, proc in processes.items():
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, f"{service}: {err}"
