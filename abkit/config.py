@@ -117,6 +117,10 @@ class Settings:
     """When > 0, a Prometheus scrape endpoint on this port (in addition to OTLP via OTEL_*)."""
     worker_tick_seconds: float = 1.0
     """How often the worker checks which experiments are due for a look."""
+    reconcile_every: int = 24
+    """Every this many looks of an experiment, the worker also recomputes its statistics from
+    every row and compares them with the maintained ones (a full look's cost; 0: never). It
+    always does before a decision that changes the allocation. A difference is a hold."""
     actor: str = ""
     """Who manual actions are audited as; defaults to the operating-system user name."""
     otel_traces_exporter: str = field(default="none", metadata={"env": "OTEL_TRACES_EXPORTER"})
@@ -185,6 +189,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValidationError(f"ABKIT_{name.upper()}", "must be at least 1")
+        if self.reconcile_every < 0:
+            raise ValidationError("ABKIT_RECONCILE_EVERY", "must be 0 (never) or a number of looks")
         if self.grpc_processes > MAX_GRPC_PROCESSES:
             raise ValidationError(
                 "ABKIT_GRPC_PROCESSES", f"must be at most {MAX_GRPC_PROCESSES} (one per core)"

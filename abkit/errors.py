@@ -67,6 +67,10 @@ class PermissionDeniedError(AbkitError):
     """Credentials are valid but do not allow this action."""
 
 
+class StatisticsMismatchError(AbkitError):
+    """The maintained statistics differ from a full recomputation at the same watermark."""
+
+
 class StoreUnavailableError(AbkitError):
     """The store cannot be reached; the operation may succeed if retried later."""
 

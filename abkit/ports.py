@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from abkit.core.metrics import Metric
@@ -24,15 +24,8 @@ from abkit.core.model import Event, Experiment, Exposure, ModelStatus
 from abkit.core.policy import Policy
 
 if TYPE_CHECKING:  # the stats package imports scipy; the ports only need its types
+    from abkit.core.increments import DailySummaries, DayChange, MetricState, Watermark
     from abkit.core.stats import Summary
-
-
-@dataclass(frozen=True, slots=True)
-class DailySummaries:
-    """Cumulative statistics at the end of ``day`` (UTC): units exposed and events up to then."""
-
-    day: date
-    arms: Mapping[str, Summary]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,19 +188,94 @@ class ModelRegistry(Protocol):
 
 
 class AnalysisRepository(Protocol):
-    """Sufficient statistics computed where the data lives (docs/design.md, "the data contract")."""
+    """Sufficient statistics computed where the data lives (docs/design.md, "the data contract"),
+    from every row: the full recomputation."""
 
     def summaries(
-        self, experiment_key: str, metrics: Sequence[Metric], *, as_of: datetime | None = None
+        self,
+        experiment_key: str,
+        metrics: Sequence[Metric],
+        *,
+        as_of: datetime | None = None,
+        upto: Watermark | None = None,
     ) -> dict[str, dict[str, Summary]]:
-        """``{metric name: {arm key: summary}}`` over units exposed (and events) before ``as_of``.
+        """``{metric name: {arm key: summary}}`` over units exposed (and events) before ``as_of``
+        and numbered up to ``upto`` (ingestion order).
 
         Arms without exposed units are absent.
         """
         ...
 
-    def daily(self, experiment_key: str, metric: Metric) -> list[DailySummaries]:
+    def daily(
+        self, experiment_key: str, metric: Metric, *, upto: Watermark | None = None
+    ) -> list[DailySummaries]:
         """Cumulative summaries at the end of each UTC day with exposures or events."""
+        ...
+
+
+class MaintainedStatistics(Protocol):
+    """Sufficient statistics kept up to date look after look (:mod:`abkit.core.increments`)."""
+
+    def watermark(self) -> Watermark:
+        """How far ingestion has committed: every exposure and event numbered at or below it is
+        stored or rolled back for good. May wait for ingestion in flight; call it in a
+        transaction of its own, before reading."""
+        ...
+
+    def lock(self, experiment_key: str) -> None:
+        """Wait for other refreshes of this experiment until the transaction ends."""
+        ...
+
+    def arrivals(self, before: Watermark, after: Watermark) -> int:
+        """How many exposures and events (of any experiment) are numbered in between."""
+        ...
+
+    def load(self, experiment_key: str) -> dict[str, MetricState]:
+        """The experiment's states, by metric key."""
+        ...
+
+    def changes(
+        self,
+        experiment_key: str,
+        metrics: Sequence[Metric],
+        before: Watermark,
+        after: Watermark,
+        *,
+        units: Sequence[str] | None = None,
+        days: bool = True,
+    ) -> dict[str, list[DayChange]]:
+        """``{metric name: changes}``: what the units exposed, or with events, between ``before``
+        and ``after`` (or the given ``units``) contribute at ``after`` minus at ``before``: per
+        day, or (``days`` false, not from an empty ``before``) one undated row per arm."""
+        ...
+
+    def save(
+        self,
+        experiment_key: str,
+        metric: Metric,
+        changes: Sequence[DayChange],
+        *,
+        expected_version: int | None,
+        watermark: Watermark,
+        dated: Watermark,
+        now: datetime,
+        drop_undated: bool = False,
+    ) -> None:
+        """Add ``changes`` (``drop_undated``: after deleting the undated rows) and set the
+        totals' and the per-day rows' watermarks if the state is at ``expected_version``
+        (``None``: no state yet); otherwise :class:`~abkit.errors.ConflictError`."""
+        ...
+
+    def erase_units(self, unit_ids: Sequence[str], *, now: datetime) -> int:
+        """Subtract these units from every state that counts them (before deleting them)."""
+        ...
+
+    def invalidate_before(self, cutoff: datetime) -> int:
+        """Drop the states that may count rows older than ``cutoff`` (before pruning them)."""
+        ...
+
+    def drop(self, experiment_key: str) -> None:
+        """Drop the experiment's states; the next look computes them from the start."""
         ...
 
 
@@ -250,6 +318,9 @@ class Transaction(Protocol):
 
     @property
     def analysis(self) -> AnalysisRepository: ...
+
+    @property
+    def maintained(self) -> MaintainedStatistics: ...
 
     @property
     def audit(self) -> AuditLog: ...

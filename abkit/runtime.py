@@ -28,6 +28,7 @@ from abkit.services.decisions import DecisionService
 from abkit.services.experiments import ExperimentService
 from abkit.services.privacy import PrivacyService
 from abkit.services.results import ResultsService
+from abkit.services.statistics import StatisticsService
 from abkit.store.sql import SqlStore
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,14 @@ class Runtime:
         self.experiments = ExperimentService(store, self.clock)
         self.privacy = PrivacyService(store, self.clock, self.pseudonymize)
         self.webhooks = WebhookNotifier()
-        self.decisions = DecisionService(store, self.clock, listeners=(self.webhooks,))
+        self.decisions = DecisionService(
+            store,
+            self.clock,
+            listeners=(self.webhooks,),
+            reconcile_every=settings.reconcile_every,
+        )
         self.results = ResultsService(store, self.clock)
+        self.statistics = StatisticsService(store, self.clock)
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._started = False

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -117,6 +117,25 @@ def sql_url(request: pytest.FixtureRequest) -> str:
     """A migrated, empty database URL on each SQL backend."""
     fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
     return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture(params=SQL_BACKENDS)
+def fresh_sql_store(
+    request: pytest.FixtureRequest, sqlite_template: Path, tmp_path: Path
+) -> Callable[[], SqlStore]:
+    """A factory of empty, migrated SQL stores on each backend (one per Hypothesis example)."""
+    counter = iter(range(1_000_000))
+
+    def make() -> SqlStore:
+        if request.param == "sqlite":
+            path = tmp_path / f"abkit-{next(counter)}.db"
+            shutil.copy(sqlite_template, path)
+            return SqlStore.from_url(f"sqlite:///{path}")
+        url = str(request.getfixturevalue("pg_database"))
+        _empty_tables(url)
+        return SqlStore.from_url(url)
+
+    return make
 
 
 @pytest.fixture(params=BACKENDS)

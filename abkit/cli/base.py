@@ -23,6 +23,7 @@ from abkit.errors import (
     ConflictError,
     NotFoundError,
     SchemaOutOfDateError,
+    StatisticsMismatchError,
     StoreUnavailableError,
     ValidationError,
 )
@@ -35,6 +36,7 @@ EXIT_CODES: tuple[tuple[type[AbkitError], int], ...] = (
     (NotFoundError, 3),
     (ConflictError, 4),
     (StoreUnavailableError, 5),
+    (StatisticsMismatchError, 6),
 )
 
 log = logging.getLogger("abkit")

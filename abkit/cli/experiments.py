@@ -12,7 +12,9 @@ import click
 from abkit.cli.base import Context, errors, pass_ctx, print_table
 from abkit.core.spec import experiment_to_dict
 from abkit.errors import (
+    StatisticsMismatchError,
     StoreUnavailableError,
+    ValidationError,
 )
 
 if TYPE_CHECKING:
@@ -217,14 +219,23 @@ def _record_json(record: ExperimentRecord, counts: dict[str, int]) -> dict[str, 
     default="table",
     show_default=True,
 )
+@click.option(
+    "--recompute",
+    is_flag=True,
+    help="Bring the maintained statistics up to date and print them next to a full "
+    "recomputation from every row; exit 6 on any difference.",
+)
 @pass_ctx
-def results_command(ctx: Context, key: str, fmt: str) -> None:
+def results_command(ctx: Context, key: str, fmt: str, recompute: bool) -> None:
     """The latest look at an experiment: the numbers the worker decided on, as on the page.
 
     json is the document of GET /api/experiments/KEY/results, csv that of .../results.csv.
     """
     from abkit.report import document, tables, text
 
+    if recompute:
+        _recompute(ctx, key, fmt)
+        return
     with errors(), ctx.open_runtime() as runtime:
         results = runtime.results.results(key)
         now = runtime.clock.now()
@@ -235,3 +246,61 @@ def results_command(ctx: Context, key: str, fmt: str) -> None:
         click.echo(tables.csv_text(tables.RESULTS_COLUMNS, rows), nl=False)
     else:
         click.echo(text.results_text(results, now))
+
+
+def _recompute(ctx: Context, key: str, fmt: str) -> None:
+    from dataclasses import asdict, fields
+
+    from abkit.core.increments import close
+
+    with errors(), ctx.open_runtime() as runtime:
+        with runtime.store.transaction() as tx:
+            record = tx.experiments.get(key)
+        if record.policy is None:
+            raise ValidationError("policy", f"{key!r} has no policy: it has no statistics to check")
+        check = runtime.statistics.reconcile(key, record.policy.metrics)
+    rows = []
+    for metric in record.policy.metrics:
+        mine, full = check.maintained[metric.name], check.recomputed.get(metric.name, {})
+        for arm in sorted(set(mine) | set(full)):
+            a = asdict(mine[arm]) if arm in mine else {}
+            b = asdict(full[arm]) if arm in full else {}
+            scale = max([1.0, *(abs(float(v)) for v in (*a.values(), *b.values()))])
+            summary = mine.get(arm) or full[arm]
+            names = [f.name for f in fields(summary)]
+            if metric.cuped_lookback_seconds is None and "x_sum" in names:
+                names = names[:3]  # no covariate: its moments are all zero
+            for name in names:
+                ma, re = a.get(name), b.get(name)
+                same = ma is not None and re is not None and close(ma, re, scale)
+                rows.append([metric.name, arm, name, ma, re, "" if same else "DIFFERS"])
+    marks = {name: [w.exposures, w.events] for name, w in check.watermarks.items()}
+    if fmt == "json":
+        doc = {
+            "experiment_key": key,
+            "watermarks": marks,
+            "ok": check.ok,
+            "differences": list(check.differences),
+            "rows": [dict(zip(RECOMPUTE_COLUMNS, r, strict=True)) for r in rows],
+        }
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        print_table(
+            [RECOMPUTE_COLUMNS, *(tuple("-" if c is None else str(c) for c in r) for r in rows)]
+        )
+        watermark = ", ".join(f"{n} at {w[0]} exposures / {w[1]} events" for n, w in marks.items())
+        click.echo(f"watermark: {watermark}")
+        click.echo(
+            "maintained statistics equal the full recomputation"
+            if check.ok
+            else f"{len(check.differences)} number(s) differ"
+        )
+    if not check.ok:
+        with errors():
+            raise StatisticsMismatchError(
+                f"{key!r}: maintained statistics differ from the full recomputation: "
+                + "; ".join(check.differences[:3])
+            )
+
+
+RECOMPUTE_COLUMNS = ("metric", "arm", "field", "maintained", "recomputed", "check")

@@ -4,7 +4,8 @@ A look has three steps, each its own short transaction so that a slow analysis n
 write lock:
 
 1. **read** the experiment, its policy and the previous look (monitor state, look number);
-2. **analyse** -- per-arm sufficient statistics from the store, then the pure
+2. **analyse** -- per-arm sufficient statistics, maintained incrementally
+   (:mod:`abkit.services.statistics`), then the pure
    :func:`~abkit.core.analysis.analyze` and :func:`~abkit.core.rules.decide`. Any failure here
    (store unreachable, broken data, a bug) becomes a **hold** that is recorded: the experiment
    keeps running unchanged and nothing is ever promoted on missing data;
@@ -31,8 +32,15 @@ from abkit.core.decision import Action, Decision
 from abkit.core.model import Experiment, ExperimentStatus, ModelStatus
 from abkit.core.rules import decide
 from abkit.core.snapshot import Analysis, LookSnapshot, ManualAction, read_look
-from abkit.errors import AbkitError, ConflictError, StoreUnavailableError, ValidationError
+from abkit.errors import (
+    AbkitError,
+    ConflictError,
+    StatisticsMismatchError,
+    StoreUnavailableError,
+    ValidationError,
+)
 from abkit.ports import Clock, DecisionRecord, ExperimentRecord, Store, Transaction
+from abkit.services.statistics import StatisticsService
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +58,28 @@ Listener = Callable[[ExperimentRecord, DecisionRecord], None]
 
 
 class DecisionService:
-    """Looks, decisions and manual controls. ``listeners`` hear every recorded decision."""
+    """Looks, decisions and manual controls. ``listeners`` hear every recorded decision.
 
-    def __init__(self, store: Store, clock: Clock, listeners: tuple[Listener, ...] = ()) -> None:
+    A look's statistics are maintained (:mod:`abkit.services.statistics`): it reads only what
+    arrived since the last look. Every ``reconcile_every``-th look (0: never), and before any
+    decision that changes the allocation (promote, roll back, stop, ramp), it also recomputes
+    them from every row; a difference is recorded as a hold, never a decision, and the state is
+    rebuilt from the start at the next look.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        listeners: tuple[Listener, ...] = (),
+        *,
+        reconcile_every: int = 24,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._listeners = listeners
+        self._statistics = StatisticsService(store, clock)
+        self._reconcile_every = reconcile_every
 
     # -- scheduling ------------------------------------------------------------------------------
 
@@ -97,12 +121,17 @@ class DecisionService:
             if last is not None
             else None
         )
-        analysis = self._analyse(record, previous, look, now)
+        analysis, verified = self._analyse(record, previous, look, now)
         decision = (
             decide(analysis, record.policy, now)
             if record.policy is not None and analysis.error is None
             else Decision(Action.HOLD, (f"holding, nothing changes: {analysis.error}",))
         )
+        if decision.action not in (Action.CONTINUE, Action.HOLD) and not verified:
+            problem = self._verify(record)
+            if problem is not None:
+                analysis = replace(analysis, error=problem)
+                decision = Decision(Action.HOLD, (f"holding, nothing changes: {problem}",))
         if decision.action is not Action.RAMP:
             since = analysis.coverage_since or record.started_at
             analysis = replace(analysis, coverage_since=since)
@@ -126,16 +155,22 @@ class DecisionService:
         previous: LookSnapshot | None,
         look: int,
         now: datetime,
-    ) -> Analysis:
-        """The look's analysis; whatever goes wrong becomes a failed analysis (a hold)."""
+    ) -> tuple[Analysis, bool]:
+        """The look's analysis, and whether its statistics were verified against a full
+        recomputation; whatever goes wrong becomes a failed analysis (a hold)."""
         state = previous.analysis.state if previous is not None else None
+        verified = False
         try:
             policy = record.policy
             if policy is None:
                 raise ValidationError("", record.policy_error or "the experiment has no policy")
-            with self._store.transaction() as tx:
-                summaries = tx.analysis.summaries(record.key, policy.metrics)
-            return analyze(
+            summaries = self._statistics.refresh(record.key, policy.metrics).summaries
+            if self._reconcile_every and look % self._reconcile_every == 0:
+                problem = self._verify(record)
+                if problem is not None:
+                    raise StatisticsMismatchError(problem)
+                verified = True
+            analysis = analyze(
                 record.experiment,
                 policy,
                 summaries,
@@ -145,10 +180,32 @@ class DecisionService:
                 started_at=record.started_at,
                 coverage_since=_coverage_since(previous, record),
             )
+            return analysis, verified
         except Exception as exc:
             log.warning("look %d at %s failed, holding: %s", look, record.key, exc, exc_info=True)
             error = _describe(exc)
-            return failed(record.experiment, look=look, at=now, error=error, previous=state)
+            return failed(record.experiment, look=look, at=now, error=error, previous=state), False
+
+    def _verify(self, record: ExperimentRecord) -> str | None:
+        """None when the maintained statistics equal a full recomputation; else what differs
+        (and the state is dropped, so the next look rebuilds it from every row)."""
+        if record.policy is None:
+            return None
+        try:
+            check = self._statistics.reconcile(record.key, record.policy.metrics)
+        except Exception as exc:
+            log.warning("reconciling %s failed: %s", record.key, exc, exc_info=True)
+            return f"could not verify the statistics: {_describe(exc)}"
+        if check.ok:
+            return None
+        log.error("%s: maintained statistics differ: %s", record.key, check.differences)
+        self._statistics.rebuild(record.key)
+        shown = "; ".join(check.differences[:3])
+        more = f" (and {len(check.differences) - 3} more)" if len(check.differences) > 3 else ""
+        return (
+            f"the maintained statistics differ from a full recomputation: {shown}{more}; "
+            "they are rebuilt from every row at the next look"
+        )
 
     def _apply(
         self,

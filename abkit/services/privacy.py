@@ -50,6 +50,9 @@ class PrivacyService:
             stored.append(self._pseudonymize(unit_id))
         now = self._clock.now()
         with self._store.transaction() as tx:
+            # The maintained statistics first: what the unit added comes out of the sums, so no
+            # table keeps a trace of its values.
+            tx.maintained.erase_units(stored, now=now)
             exposures = tx.exposures.delete_units(stored)
             events = tx.events.delete_units(stored)
             overrides = 0
@@ -100,6 +103,8 @@ class PrivacyService:
                     "include running experiments explicitly"
                 )
             keys = [r.key for r in records if include_running or r not in running]
+            # Statistics that may count what goes are dropped; the next look recomputes them.
+            tx.maintained.invalidate_before(cutoff)
             exposures = tx.exposures.delete_before(cutoff, keys)
             events = tx.events.delete_before(cutoff)
             tx.audit.add(

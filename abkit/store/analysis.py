@@ -22,9 +22,9 @@ from typing import Any
 
 from sqlalchemy import Connection, TextClause, bindparam, text
 
+from abkit.core.increments import DailySummaries, Watermark
 from abkit.core.metrics import Metric, MetricKind
 from abkit.core.stats import ArmSummary, RatioSummary, Summary
-from abkit.ports import DailySummaries
 from abkit.store.schema import UTCDateTime
 
 ANALYSIS_WORK_MEM = "256MB"
@@ -75,13 +75,16 @@ def _after_exposure(metric: Metric, event_param: str, dialect: str) -> str:
     return predicate
 
 
-def summary_sql(metrics: Sequence[Metric], dialect: str, *, as_of: bool = False) -> str:
+def summary_sql(
+    metrics: Sequence[Metric], dialect: str, *, as_of: bool = False, upto: bool = False
+) -> str:
     """The per-arm sufficient statistics of ``metrics`` for ``:experiment_key``.
 
     Columns: ``arm_key, n`` then, for metric ``i``: ``s{i}, ss{i}`` (sum and sum of squares of
     per-unit values), with CUPED ``xs{i}, xss{i}, xys{i}``, for a ratio ``ds{i}, dss{i}, nds{i}``
     (denominator sum, its sum of squares, numerator x denominator). With ``as_of``, only
-    exposures and events before ``:as_of`` count.
+    exposures and events before ``:as_of`` count; with ``upto``, only those numbered (ingestion
+    order) up to ``:hx`` and ``:he`` -- a maintained state's watermark.
     """
     events = _event_params(metrics)
     unit_columns: list[str] = []
@@ -112,6 +115,9 @@ def summary_sql(metrics: Sequence[Metric], dialect: str, *, as_of: bool = False)
             ]
     cutoff_exposure = " AND exposed_at < :as_of" if as_of else ""
     cutoff_event = " AND v.occurred_at < :as_of" if as_of else ""
+    if upto:
+        cutoff_exposure += " AND seq <= :hx"
+        cutoff_event += " AND v.seq <= :he"
     in_list = ", ".join(f":{p}" for p in events.values())
     unit_select = ",\n        ".join(unit_columns)
     arm_select = ",\n    ".join(arm_columns)
@@ -143,7 +149,7 @@ ORDER BY arm_key
 """
 
 
-def daily_sql(metric: Metric, dialect: str) -> str:
+def daily_sql(metric: Metric, dialect: str, *, upto: bool = False) -> str:
     """Per (arm, day) increments of ``metric``'s sums (see the module docstring).
 
     Columns: ``arm_key, day, d_sum, d_sum_sq`` and, for a ratio, ``d_den, d_den_sq, d_cross``.
@@ -178,12 +184,14 @@ def daily_sql(metric: Metric, dialect: str) -> str:
     if ratio:
         sums += ", SUM(d_den) AS d_den, SUM(d_den_sq) AS d_den_sq, SUM(d_cross) AS d_cross"
     in_list = ", ".join(f":{p}" for p in events.values())
+    bound_exposure = " AND seq <= :hx" if upto else ""
+    bound_event = " AND v.seq <= :he" if upto else ""
     # Built only from validated metric definitions (integers, bind-parameter names); every value
     # a user supplies is a bind parameter.
     return f"""WITH exposed AS (
     SELECT arm_key, unit_id, exposed_at
     FROM exposures
-    WHERE experiment_key = :experiment_key
+    WHERE experiment_key = :experiment_key{bound_exposure}
 ),
 increments AS (
     SELECT
@@ -193,7 +201,7 @@ increments AS (
         {num} AS a{den_inc}
     FROM exposed AS x
     JOIN events AS v
-        ON v.unit_id = x.unit_id AND v.metric IN ({in_list}) AND {after}
+        ON v.unit_id = x.unit_id AND v.metric IN ({in_list}) AND {after}{bound_event}
     GROUP BY x.arm_key, x.unit_id, {_day("v.occurred_at", dialect)}
 ),
 running AS (
@@ -212,17 +220,22 @@ ORDER BY day, arm_key
 """
 
 
-def daily_exposures_sql(dialect: str) -> str:
+def daily_exposures_sql(dialect: str, *, upto: bool = False) -> str:
+    bound = " AND seq <= :hx" if upto else ""
     return f"""SELECT arm_key, {_day("exposed_at", dialect)} AS day, COUNT(*) AS n
 FROM exposures
-WHERE experiment_key = :experiment_key
+WHERE experiment_key = :experiment_key{bound}
 GROUP BY arm_key, {_day("exposed_at", dialect)}
 ORDER BY day, arm_key
 """
 
 
-def _params(experiment_key: str, metrics: Sequence[Metric]) -> dict[str, Any]:
+def _params(
+    experiment_key: str, metrics: Sequence[Metric], upto: Watermark | None = None
+) -> dict[str, Any]:
     params: dict[str, Any] = {"experiment_key": experiment_key}
+    if upto is not None:
+        params.update(hx=upto.exposures, he=upto.events)
     params.update({p: event for event, p in _event_params(metrics).items()})
     return params
 
@@ -256,12 +269,17 @@ class SqlAnalysis:
         self._conn = conn
 
     def summaries(
-        self, experiment_key: str, metrics: Sequence[Metric], *, as_of: datetime | None = None
+        self,
+        experiment_key: str,
+        metrics: Sequence[Metric],
+        *,
+        as_of: datetime | None = None,
+        upto: Watermark | None = None,
     ) -> dict[str, dict[str, Summary]]:
         """``{metric name: {arm key: summary}}``; arms without exposures are absent."""
         if not metrics:
             return {}
-        query, params = self._prepare(experiment_key, metrics, as_of)
+        query, params = self._prepare(experiment_key, metrics, as_of, upto)
         rows = self._conn.execute(query, params).mappings()
         out: dict[str, dict[str, Summary]] = {m.name: {} for m in metrics}
         for row in rows:
@@ -273,16 +291,20 @@ class SqlAnalysis:
         """PostgreSQL's plan for :meth:`summaries`, as ``EXPLAIN`` prints it (not executed)."""
         if self._conn.dialect.name != "postgresql":
             raise ValueError("plan() explains PostgreSQL's plan only")
-        query, params = self._prepare(experiment_key, metrics, None)
+        query, params = self._prepare(experiment_key, metrics, None, None)
         explain = text("EXPLAIN " + query.text)
         return "\n".join(row[0] for row in self._conn.execute(explain, params))
 
     def _prepare(
-        self, experiment_key: str, metrics: Sequence[Metric], as_of: datetime | None
+        self,
+        experiment_key: str,
+        metrics: Sequence[Metric],
+        as_of: datetime | None,
+        upto: Watermark | None,
     ) -> tuple[TextClause, dict[str, Any]]:
         dialect = self._conn.dialect.name
-        params = _params(experiment_key, metrics)
-        query = text(summary_sql(metrics, dialect, as_of=as_of is not None))
+        params = _params(experiment_key, metrics, upto)
+        query = text(summary_sql(metrics, dialect, as_of=as_of is not None, upto=upto is not None))
         if dialect == "postgresql":
             # Stream, don't hash. The exposures' primary key and the events' unit-first covering
             # index (migration 0005) both yield rows in unit order, so a merge join feeds the
@@ -298,13 +320,20 @@ class SqlAnalysis:
             query = query.bindparams(bindparam("as_of", type_=UTCDateTime()))
         return query, params
 
-    def daily(self, experiment_key: str, metric: Metric) -> builtins.list[DailySummaries]:
+    def daily(
+        self, experiment_key: str, metric: Metric, *, upto: Watermark | None = None
+    ) -> builtins.list[DailySummaries]:
         dialect = self._conn.dialect.name
+        bounded = upto is not None
         exposures = self._conn.execute(
-            text(daily_exposures_sql(dialect)), {"experiment_key": experiment_key}
+            text(daily_exposures_sql(dialect, upto=bounded)),
+            _params(experiment_key, [], upto),
         ).all()
         changes = (
-            self._conn.execute(text(daily_sql(metric, dialect)), _params(experiment_key, [metric]))
+            self._conn.execute(
+                text(daily_sql(metric, dialect, upto=bounded)),
+                _params(experiment_key, [metric], upto),
+            )
             .mappings()
             .all()
         )

@@ -174,13 +174,17 @@ class ExposureRow(Base):
     exposed_at: Mapped[datetime]
     trace_id: Mapped[str] = mapped_column(String(TRACE_ID), default="")
     span_id: Mapped[str] = mapped_column(String(SPAN_ID), default="")
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    """Place in the order of ingestion (migration 0006), set by the database: a sequence on
+    PostgreSQL, a trigger on SQLite. Incremental looks read what arrived after a watermark."""
 
-    # On PostgreSQL the primary key carries what the analysis reads (migration 0005), so an
-    # experiment's exposures come in unit order from the index alone.
+    # On PostgreSQL the primary key carries what the analysis reads (migrations 0005, 0006), so
+    # an experiment's exposures come in unit order from the index alone.
     __table_args__ = (
         PrimaryKeyConstraint(
-            "experiment_key", "unit_id", postgresql_include=["arm_key", "exposed_at"]
+            "experiment_key", "unit_id", postgresql_include=["arm_key", "exposed_at", "seq"]
         ),
+        Index("ix_exposures_experiment_seq", "experiment_key", "seq"),
     )
 
 
@@ -199,17 +203,21 @@ class EventRow(Base):
     occurred_at: Mapped[datetime]
     trace_id: Mapped[str] = mapped_column(String(TRACE_ID), default="")
     span_id: Mapped[str] = mapped_column(String(SPAN_ID), default="")
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    """Place in the order of ingestion, as for exposures (``id`` is not: on SQLite a deleted
+    highest id is reused)."""
 
-    # Led by the unit and covering the analysis query on PostgreSQL (migration 0005): the events
-    # come in unit order from the index alone and merge with the exposures' primary key.
+    # Led by the unit and covering the analysis query on PostgreSQL (migrations 0005, 0006): the
+    # events come in unit order from the index alone and merge with the exposures' primary key.
     __table_args__ = (
         Index(
             "ix_events_unit_metric_time",
             "unit_id",
             "metric",
             "occurred_at",
-            postgresql_include=["value"],
+            postgresql_include=["value", "seq"],
         ),
+        Index("ix_events_seq", "seq", postgresql_include=["unit_id", "metric"]),
     )
 
 
@@ -278,3 +286,62 @@ class ModelVersionRow(Base):
             postgresql_where=text("status = 'live'"),
         ),
     )
+
+
+class SequenceRow(Base):
+    """SQLite's ingestion counters (``exposures``, ``events``), advanced by triggers; PostgreSQL
+    numbers rows from sequences and leaves this table empty."""
+
+    __tablename__ = "abkit_sequences"
+
+    name: Mapped[str] = mapped_column(String(KEY), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+
+
+class WatermarkRow(Base):
+    """How far an experiment's maintained statistics of one metric definition have read: the
+    totals up to ``exposure_seq``/``event_seq`` (every look), the per-day rows up to
+    ``dated_exposure_seq``/``dated_event_seq`` (when the series is asked for).
+
+    ``metric_key`` identifies the definition (:func:`abkit.core.increments.metric_key`); a changed
+    definition is a new key, computed from the start. ``version`` changes with every write, so
+    two writers cannot both apply their increments to the same state.
+    """
+
+    __tablename__ = "analysis_watermarks"
+
+    experiment_key: Mapped[str] = mapped_column(String(KEY), primary_key=True)
+    metric_key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    metric: Mapped[dict[str, Any] | None]
+    exposure_seq: Mapped[int] = mapped_column(BigInteger)
+    event_seq: Mapped[int] = mapped_column(BigInteger)
+    dated_exposure_seq: Mapped[int] = mapped_column(BigInteger)
+    dated_event_seq: Mapped[int] = mapped_column(BigInteger)
+    version: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
+
+
+class AnalysisDayRow(Base):
+    """Maintained sufficient statistics, as changes per (arm, UTC day): summed over days they
+    are the look's totals, accumulated they are the chart's series. ``n`` counts units first
+    exposed that day, the sums change on the days a unit's value changed; the CUPED terms sit
+    on the unit's exposure day (only their totals mean anything); ``events`` counts attributed
+    events (:class:`abkit.core.increments.DayChange`). The row with an empty ``day`` per arm
+    holds what the totals gained since the per-day rows' watermark."""
+
+    __tablename__ = "analysis_days"
+
+    experiment_key: Mapped[str] = mapped_column(String(KEY), primary_key=True)
+    metric_key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    arm_key: Mapped[str] = mapped_column(String(KEY), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+    s: Mapped[float] = mapped_column(Float)
+    ss: Mapped[float] = mapped_column(Float)
+    xs: Mapped[float] = mapped_column(Float)
+    xss: Mapped[float] = mapped_column(Float)
+    xys: Mapped[float] = mapped_column(Float)
+    ds: Mapped[float] = mapped_column(Float)
+    dss: Mapped[float] = mapped_column(Float)
+    nds: Mapped[float] = mapped_column(Float)
+    events: Mapped[int] = mapped_column(BigInteger)

@@ -38,6 +38,7 @@ from abkit.errors import ConflictError, NotFoundError, SchemaOutOfDateError, Sto
 from abkit.ports import AuditEntry, DecisionRecord, ExperimentRecord, ModelVersion
 from abkit.store.analysis import SqlAnalysis
 from abkit.store.engine import create_store_engine
+from abkit.store.increments import SqlMaintained, ingestion_lock
 from abkit.store.schema import Base
 
 _EXPERIMENTS = Base.metadata.tables["experiments"]
@@ -285,6 +286,7 @@ class SqlExposures:
     def add(self, exposures: Sequence[Exposure]) -> int:
         if not exposures:
             return 0
+        ingestion_lock(self._conn)
         if self._conn.dialect.name == "postgresql" and len(exposures) >= COPY_THRESHOLD:
             # Earliest first: within a batch, the first exposure of a unit is the one kept.
             text = encode_exposures(exposures)
@@ -300,6 +302,7 @@ class SqlExposures:
         if not rows:
             return 0
         if self._conn.dialect.name == "postgresql":
+            ingestion_lock(self._conn)
             return copy_insert(self._conn, "exposures", EXPOSURE_COLUMNS, text, "exposed_at", rows)
         return self.add(decode_exposures(text))
 
@@ -350,6 +353,7 @@ class SqlEvents:
     def add(self, events: Sequence[Event]) -> int:
         if not events:
             return 0
+        ingestion_lock(self._conn)
         if self._conn.dialect.name == "postgresql" and len(events) >= COPY_THRESHOLD:
             return self.add_text(encode_events(events), len(events))
         stmt = _insert_ignoring_duplicates(self._conn, _EVENTS).returning(_EVENTS.c.id)
@@ -360,6 +364,7 @@ class SqlEvents:
         if not rows:
             return 0
         if self._conn.dialect.name == "postgresql":
+            ingestion_lock(self._conn)
             return copy_insert(self._conn, "events", EVENT_COLUMNS, text, "occurred_at", rows)
         return self.add(decode_events(text))
 
@@ -562,6 +567,7 @@ class SqlTransaction:
     def __init__(self, conn: Connection) -> None:
         self.connection = conn
         self.analysis = SqlAnalysis(conn)
+        self.maintained = SqlMaintained(conn)
         self.experiments = SqlExperiments(conn)
         self.exposures = SqlExposures(conn)
         self.events = SqlEvents(conn)

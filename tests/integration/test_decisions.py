@@ -276,13 +276,13 @@ def test_a_hold_carries_the_monitor_state_to_the_next_look(sql_url: str) -> None
     state = first.record.snapshot["state"]
     assert state["group_sequential"]["conversion/candidate"]["fractions"]
     with store.engine.begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE events RENAME TO events_away")
+        conn.exec_driver_sql("ALTER TABLE analysis_days RENAME TO days_away")  # the state is gone
     clock.value += timedelta(minutes=2)
     try:
         held = decisions.look("ranker-v2")
     finally:
         with store.engine.begin() as conn:
-            conn.exec_driver_sql("ALTER TABLE events_away RENAME TO events")
+            conn.exec_driver_sql("ALTER TABLE days_away RENAME TO analysis_days")
     assert held is not None and held.record.action == "hold"
     assert held.record.snapshot["state"] == state
     traffic(store, units=2000, lift=0.0, seed=12, start=2000)

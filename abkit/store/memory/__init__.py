@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from abkit.core.increments import DailySummaries, MetricState, Watermark
 from abkit.core.metrics import Metric
 from abkit.core.model import Event, Exposure, ModelStatus
 from abkit.core.rows import decode_events, decode_exposures
@@ -21,12 +22,12 @@ from abkit.core.stats import Summary
 from abkit.errors import ConflictError, NotFoundError, StoreUnavailableError
 from abkit.ports import (
     AuditEntry,
-    DailySummaries,
     DecisionRecord,
     ExperimentRecord,
     ModelVersion,
 )
 from abkit.store.memory import analysis
+from abkit.store.memory.maintained import MemoryMaintained
 
 
 @dataclass
@@ -38,6 +39,12 @@ class _State:
     decisions: list[DecisionRecord] = field(default_factory=list)
     models: dict[tuple[str, str], ModelVersion] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
+    # Ingestion numbers, as the SQL store's seq columns; maintained statistics by
+    # (experiment, metric key).
+    counters: dict[str, int] = field(default_factory=lambda: {"exposures": 0, "events": 0})
+    exposure_seq: dict[tuple[str, str], int] = field(default_factory=dict)
+    event_seq: dict[str, int] = field(default_factory=dict)
+    maintained: dict[tuple[str, str], MetricState] = field(default_factory=dict)
 
     def copy(self) -> _State:
         return _State(
@@ -48,7 +55,15 @@ class _State:
             list(self.decisions),
             dict(self.models),
             list(self.audit),
+            dict(self.counters),
+            dict(self.exposure_seq),
+            dict(self.event_seq),
+            dict(self.maintained),
         )
+
+    def number(self, kind: str) -> int:
+        self.counters[kind] += 1
+        return self.counters[kind]
 
 
 class MemoryExperiments:
@@ -101,6 +116,7 @@ class MemoryExposures:
         for e in sorted(exposures, key=lambda x: x.exposed_at):  # the earliest is kept
             if (e.experiment_key, e.unit_id) not in self._s.exposures:
                 self._s.exposures[(e.experiment_key, e.unit_id)] = e
+                self._s.exposure_seq[(e.experiment_key, e.unit_id)] = self._s.number("exposures")
                 new += 1
         return new
 
@@ -140,6 +156,7 @@ class MemoryEvents:
         for e in events:
             if e.event_id not in self._s.events:
                 self._s.events[e.event_id] = e
+                self._s.event_seq[e.event_id] = self._s.number("events")
                 new += 1
         return new
 
@@ -257,21 +274,36 @@ class MemoryAnalysis:
     def __init__(self, state: _State) -> None:
         self._s = state
 
-    def _inputs(self, experiment_key: str) -> tuple[list[Exposure], dict[str, list[Event]]]:
-        exposures = [e for (key, _), e in self._s.exposures.items() if key == experiment_key]
+    def _inputs(
+        self, experiment_key: str, upto: Watermark | None
+    ) -> tuple[list[Exposure], dict[str, list[Event]]]:
+        upto = upto or Watermark(self._s.counters["exposures"], self._s.counters["events"])
+        exposures = [
+            e
+            for at, e in self._s.exposures.items()
+            if at[0] == experiment_key and self._s.exposure_seq[at] <= upto.exposures
+        ]
         by_unit: dict[str, list[Event]] = {}
         for event in self._s.events.values():
-            by_unit.setdefault(event.unit_id, []).append(event)
+            if self._s.event_seq[event.event_id] <= upto.events:
+                by_unit.setdefault(event.unit_id, []).append(event)
         return exposures, by_unit
 
     def summaries(
-        self, experiment_key: str, metrics: Sequence[Metric], *, as_of: datetime | None = None
+        self,
+        experiment_key: str,
+        metrics: Sequence[Metric],
+        *,
+        as_of: datetime | None = None,
+        upto: Watermark | None = None,
     ) -> dict[str, dict[str, Summary]]:
-        exposures, by_unit = self._inputs(experiment_key)
+        exposures, by_unit = self._inputs(experiment_key, upto)
         return analysis.summaries(exposures, by_unit, metrics, as_of)
 
-    def daily(self, experiment_key: str, metric: Metric) -> builtins.list[DailySummaries]:
-        exposures, by_unit = self._inputs(experiment_key)
+    def daily(
+        self, experiment_key: str, metric: Metric, *, upto: Watermark | None = None
+    ) -> builtins.list[DailySummaries]:
+        exposures, by_unit = self._inputs(experiment_key, upto)
         return analysis.daily(exposures, by_unit, metric) if exposures else []
 
 
@@ -279,6 +311,7 @@ class MemoryTransaction:
     def __init__(self, state: _State) -> None:
         self.state = state
         self.analysis = MemoryAnalysis(state)
+        self.maintained = MemoryMaintained(state)
         self.experiments = MemoryExperiments(state)
         self.exposures = MemoryExposures(state)
         self.events = MemoryEvents(state)

@@ -10,10 +10,10 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from abkit.core.increments import DailySummaries
 from abkit.core.metrics import Metric, MetricKind
 from abkit.core.model import Event, Exposure
 from abkit.core.stats import ArmSummary, RatioSummary, Summary
-from abkit.ports import DailySummaries
 
 
 def _unit_value(kind: MetricKind, events: Iterable[Event]) -> float:
@@ -101,13 +101,20 @@ def daily(
                 e.occurred_at.date()
                 for e in _after(metric, event, x, events_by_unit.get(x.unit_id, []))
             )
+    arms = sorted({x.arm_key for x in exposed})
     series = []
     for day in sorted(days):
         cutoff = datetime.combine(
             day + timedelta(days=1), datetime.min.time(), exposed[0].exposed_at.tzinfo
         )
         snapshot = summaries(exposed, events_by_unit, [_without_cuped(metric)], cutoff)[metric.name]
-        series.append(DailySummaries(day, snapshot))
+        # Every arm from the first day on, as the SQL series (no units yet: zero sums).
+        empty = (
+            RatioSummary(0, 0, 0, 0, 0, 0)
+            if metric.kind is MetricKind.RATIO
+            else ArmSummary(0, 0, 0)
+        )
+        series.append(DailySummaries(day, {a: snapshot.get(a, empty) for a in arms}))
     return series
 
 
