@@ -49,7 +49,8 @@ analysis-sql: install
 # the Go load generator tests/benchmarks/loadgen (built with Debian's golang-go and
 # golang-golang-x-net-dev, installed here when missing and apt-get can) and a separate virtualenv
 # with the peers abkit is compared with -- never runtime dependencies.
-# The whole run takes about an hour and a half, most of it loading 60M rows for bench_scale.
+# The whole run takes about two and a half hours, most of it loading 60M rows for bench_scale
+# and again for bench_incremental.
 BENCH_VENV  := .bench-venv
 BENCH_PEERS := growthbook==4.0.0 planout==0.6.0 six==1.17.0 py-spy==0.4.3
 
@@ -81,6 +82,7 @@ bench: install bench-tools
 	$(BIN)/python tests/benchmarks/bench_ingest.py
 	$(BIN)/python tests/benchmarks/bench_analysis.py
 	$(BIN)/python tests/benchmarks/bench_scale.py
+	$(BIN)/python tests/benchmarks/bench_incremental.py
 
 serve: install
 	$(BIN)/abkit serve

@@ -344,3 +344,28 @@ def test_errors_speak_the_command_line_s_words(sql_url: str, tmp_path: Path) -> 
     unmigrated = abkit("experiment", "list", url=empty, check=False)
     assert unmigrated.returncode == 5 and "migrate it" in unmigrated.stderr
     assert unmigrated.stderr.rstrip().endswith("run `abkit db upgrade`")
+
+
+def test_results_recompute_agrees_and_exits_6_when_the_state_is_wrong(sql_url: str) -> None:
+    from abkit.store.sql import SqlStore
+    from tests.helpers import traffic
+
+    abkit("experiment", "apply", "-f", str(EXAMPLE), "--start", url=sql_url)
+    store = SqlStore.from_url(sql_url)
+    traffic(store, units=300, lift=0.05, seed=3)
+    first = abkit("results", "ranker-v2", "--recompute", url=sql_url)
+    assert "maintained statistics equal the full recomputation" in first.stdout
+    traffic(store, units=200, lift=0.05, seed=4, start=300)  # a second, incremental look
+    doc = json.loads(
+        abkit("results", "ranker-v2", "--recompute", "--format", "json", url=sql_url).stdout
+    )
+    assert doc["ok"] and doc["differences"] == []
+    n = [r for r in doc["rows"] if r["field"] == "n"]
+    assert sum(r["maintained"] for r in n) == 2 * 500  # two metrics, 500 units each
+    assert all(r["maintained"] == r["recomputed"] for r in doc["rows"] if r["field"] == "n")
+    with store.engine.begin() as conn:  # a state that drifted (a bug, a row written by hand)
+        conn.exec_driver_sql("UPDATE analysis_days SET s = s + 1")
+    store.close()
+    wrong = abkit("results", "ranker-v2", "--recompute", url=sql_url, check=False)
+    assert wrong.returncode == 6, wrong.stderr
+    assert "DIFFERS" in wrong.stdout and "differ from the full recomputation" in wrong.stderr

@@ -312,3 +312,27 @@ def test_a_stored_policy_that_no_longer_validates_is_a_recorded_hold(sql_url: st
     assert outcome is not None and outcome.record.action == "hold"
     assert "policy.primary.kind: is required" in outcome.record.reason
     store.close()
+
+
+def test_a_drifted_state_is_a_recorded_hold_then_rebuilt(sql_url: str) -> None:
+    """Reconciliation: maintained statistics that disagree with the full recomputation are
+    never decided on; the look holds, says why, and the next look starts from every row."""
+    store = SqlStore.from_url(sql_url)
+    clock = Clock(T0 + timedelta(hours=2))
+    setup(store, clock)
+    traffic(store, units=2000, lift=0.0, seed=21)
+    decisions = DecisionService(store, clock, reconcile_every=2)
+    first = decisions.look("ranker-v2")
+    assert first is not None and first.record.action == "continue"
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE analysis_days SET n = n + 7")
+    clock.value += timedelta(minutes=2)
+    held = decisions.look("ranker-v2")  # look 2: reconciled
+    assert held is not None and held.record.action == "hold"
+    assert "differ from a full recomputation" in held.record.reason
+    assert "n: " in held.record.reason
+    clock.value += timedelta(minutes=2)
+    again = decisions.look("ranker-v2")
+    assert again is not None and again.record.action == "continue"
+    assert again.analysis is not None and sum(again.analysis.units.values()) == 2000
+    store.close()
