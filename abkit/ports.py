@@ -226,8 +226,9 @@ class MaintainedStatistics(Protocol):
         """Wait for other refreshes of this experiment until the transaction ends."""
         ...
 
-    def arrivals(self, before: Watermark, after: Watermark) -> int:
-        """How many exposures and events (of any experiment) are numbered in between."""
+    def arrivals(self, experiment_key: str, before: Watermark, after: Watermark) -> int:
+        """How many exposures of the experiment, and events (of any unit), are numbered in
+        between."""
         ...
 
     def load(self, experiment_key: str) -> dict[str, MetricState]:

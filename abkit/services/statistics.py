@@ -127,7 +127,8 @@ class StatisticsService:
                 units = max((sum(r.n for r in s.days) for s in old), default=0)
                 if (
                     before is None
-                    or tx.maintained.arrivals(before, upto) > self._full_share * units
+                    or tx.maintained.arrivals(experiment_key, before, upto)
+                    > self._full_share * units
                 ):
                     # The first look, or so much new that reading it all is cheaper: the full
                     # recomputation's totals, minus what the state holds (undated).

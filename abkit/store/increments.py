@@ -377,7 +377,7 @@ class SqlMaintained:
                 {"space": REFRESH_LOCKS, "key": int.from_bytes(digest[:4], "big", signed=True)},
             )
 
-    def arrivals(self, before: Watermark, after: Watermark) -> int:
+    def arrivals(self, experiment_key: str, before: Watermark, after: Watermark) -> int:
         """Counted from the ``seq`` indexes alone."""
         row = self._conn.execute(
             text(
@@ -448,11 +448,11 @@ class SqlMaintained:
             query = query.bindparams(bindparam("units", expanding=True))
             params["units"] = list(units)
         if dialect == "postgresql":
-            self._plan(mode, before, after)
+            self._plan(experiment_key, mode, before, after)
         rows = self._conn.execute(query, params).mappings().all()
         return _changes(rows, metrics)
 
-    def _plan(self, mode: Mode, before: Watermark, after: Watermark) -> None:
+    def _plan(self, experiment_key: str, mode: Mode, before: Watermark, after: Watermark) -> None:
         """Planner settings for :meth:`changes`, transaction-local (BENCHMARKS.md, "Incremental
         looks"). From every unit (``all``): as the full analysis, stream in unit order, never
         hash every exposed unit. From some: no JIT (compiling costs up to 1.7 s, more than a
@@ -467,7 +467,8 @@ class SqlMaintained:
         stored = self._conn.execute(
             text("SELECT GREATEST(reltuples, 0) FROM pg_class WHERE relname = 'exposures'")
         ).scalar_one()
-        if mode == "units" or self.arrivals(before, after) < LOOKUP_SHARE * float(stored):
+        arrived = 0 if mode == "units" else self.arrivals(experiment_key, before, after)
+        if arrived < LOOKUP_SHARE * float(stored):
             self._conn.execute(text("SET LOCAL enable_hashjoin = off"))
             self._conn.execute(text("SET LOCAL enable_mergejoin = off"))
 

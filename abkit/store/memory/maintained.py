@@ -81,9 +81,11 @@ class MemoryMaintained:
     def lock(self, experiment_key: str) -> None:
         """A transaction of the twin holds the whole store already."""
 
-    def arrivals(self, before: Watermark, after: Watermark) -> int:
+    def arrivals(self, experiment_key: str, before: Watermark, after: Watermark) -> int:
         return sum(
-            1 for n in self._s.exposure_seq.values() if before.exposures < n <= after.exposures
+            1
+            for (key, _), n in self._s.exposure_seq.items()
+            if key == experiment_key and before.exposures < n <= after.exposures
         ) + sum(1 for n in self._s.event_seq.values() if before.events < n <= after.events)
 
     def load(self, experiment_key: str) -> dict[str, MetricState]:
