@@ -9,8 +9,12 @@ touches is the *mode*:
 * ``all`` -- every unit exposed up to ``A`` (the first look; ``B`` is empty);
 * ``new`` -- units exposed after ``B``, and units exposed before it with an event numbered after
   it (an ordinary look: ``B`` is the state's watermark, ``A`` the store's);
-* ``units`` -- the given units (erasure: ``A`` is empty, so the difference is minus what they
-  contributed at the state's watermark ``B``).
+* ``units`` -- the given units (erasure, :mod:`abkit.store.erasure`: ``A`` is behind ``B``, so
+  the difference takes out what they contributed).
+
+A look runs :func:`totals_sql`: the same difference per unit, summed per arm without the
+per-day path (half the work or less); :func:`changes_sql`, per day, brings the per-day rows up
+to the totals when the series is read.
 
 Per unit and day it sums the increments ``a`` of the unit's value with every event up to ``A``
 and with those up to ``B``; running totals over days (a window per unit) give the value ``y``
