@@ -129,8 +129,11 @@ class DecisionService:
         )
         if decision.action not in (Action.CONTINUE, Action.HOLD) and not verified:
             problem = self._verify(record)
-            if problem is not None:
-                analysis = replace(analysis, error=problem)
+            if problem is not None:  # nothing computed from the wrong numbers is kept
+                state = previous.analysis.state if previous is not None else None
+                analysis = failed(
+                    record.experiment, look=look, at=now, error=problem, previous=state
+                )
                 decision = Decision(Action.HOLD, (f"holding, nothing changes: {problem}",))
         if decision.action is not Action.RAMP:
             since = analysis.coverage_since or record.started_at

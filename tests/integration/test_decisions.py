@@ -16,6 +16,7 @@ from abkit.errors import ConflictError
 from abkit.infra.notify import WebhookNotifier
 from abkit.ports import Store
 from abkit.services.decisions import DecisionService
+from abkit.services.statistics import StatisticsService
 from abkit.store.sql import SqlStore
 from tests.helpers import POLICY, T0, Clock, setup, traffic
 
@@ -335,4 +336,39 @@ def test_a_drifted_state_is_a_recorded_hold_then_rebuilt(sql_url: str) -> None:
     again = decisions.look("ranker-v2")
     assert again is not None and again.record.action == "continue"
     assert again.analysis is not None and sum(again.analysis.units.values()) == 2000
+    store.close()
+
+
+def test_a_promotion_on_drifted_statistics_is_held_and_keeps_the_monitor_state(
+    sql_url: str,
+) -> None:
+    """Before any decision that changes the allocation the statistics are recomputed; if the
+    maintained ones disagree the look holds, and nothing computed from them is kept."""
+    store = SqlStore.from_url(sql_url)
+    clock = Clock(T0 + timedelta(hours=2))
+    setup(store, clock)
+    traffic(store, units=4000, lift=0.0, seed=31)  # no effect at all
+    with store.transaction() as tx:
+        metrics = tx.experiments.get("ranker-v2").policy.metrics  # type: ignore[union-attr]
+    StatisticsService(store, clock).refresh("ranker-v2", metrics)  # the state, before any look
+    with store.engine.begin() as conn:  # the state now shows a large win for the candidate
+        conn.exec_driver_sql(
+            "UPDATE analysis_days SET s = s + 300, ss = ss + 300 WHERE arm_key = 'candidate' "
+            "AND metric_key IN (SELECT metric_key FROM analysis_watermarks "
+            "WHERE metric->>'name' = 'conversion')"
+            if store.engine.dialect.name == "postgresql"
+            else "UPDATE analysis_days SET s = s + 300, ss = ss + 300 WHERE arm_key = "
+            "'candidate' AND metric_key IN (SELECT metric_key FROM analysis_watermarks "
+            "WHERE json_extract(metric, '$.name') = 'conversion')"
+        )
+    decisions = DecisionService(store, clock, reconcile_every=0)  # only before decisions
+    held = decisions.look("ranker-v2")
+    assert held is not None and held.record.action == "hold", held.record.reason
+    assert "differ from a full recomputation" in held.record.reason
+    assert held.record.snapshot["state"]["monitors"] == {}  # no monitor state from bad numbers
+    with store.transaction() as tx:
+        assert tx.experiments.get("ranker-v2").experiment.status.value == "running"
+    clock.value += timedelta(minutes=2)
+    again = decisions.look("ranker-v2")  # rebuilt from every row: no effect, no promotion
+    assert again is not None and again.record.action == "continue"
     store.close()
