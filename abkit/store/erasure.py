@@ -4,7 +4,8 @@ between the per-day rows' watermark and the totals')."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 from abkit.core.increments import DayChange, MetricState, Watermark
 from abkit.ports import MaintainedStatistics
@@ -28,3 +29,28 @@ def erasure(
             experiment_key, [metric], state.watermark, state.dated, units=unit_ids, days=False
         )[metric.name]
     return rows
+
+
+def erase_units(
+    repository: MaintainedStatistics,
+    experiment_keys: Iterable[str],
+    unit_ids: Sequence[str],
+    now: datetime,
+) -> int:
+    """Take ``unit_ids`` out of every state of these experiments; how many states changed."""
+    changed = 0
+    for experiment_key in sorted(experiment_keys):
+        for state in repository.load(experiment_key).values():
+            minus = erasure(repository, experiment_key, state, unit_ids)
+            if minus:
+                repository.save(
+                    experiment_key,
+                    state.metric,
+                    minus,
+                    expected_version=state.version,
+                    watermark=state.watermark,
+                    dated=state.dated,
+                    now=now,
+                )
+                changed += 1
+    return changed

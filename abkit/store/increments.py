@@ -62,7 +62,7 @@ from abkit.store.analysis import (
     _plus,
     _unit_value,
 )
-from abkit.store.erasure import erasure
+from abkit.store.erasure import erase_units
 from abkit.store.schema import Base
 
 Mode = Literal["all", "new", "units"]
@@ -578,22 +578,7 @@ class SqlMaintained:
                 {"units": list(unit_ids)},
             )
         }
-        changed = 0
-        for experiment_key in sorted(exposed):
-            for state in self.load(experiment_key).values():
-                minus = erasure(self, experiment_key, state, unit_ids)
-                if minus:
-                    self.save(
-                        experiment_key,
-                        state.metric,
-                        minus,
-                        expected_version=state.version,
-                        watermark=state.watermark,
-                        dated=state.dated,
-                        now=now,
-                    )
-                    changed += 1
-        return changed
+        return erase_units(self, exposed, unit_ids, now)
 
     def invalidate_before(self, cutoff: datetime) -> int:
         """Drop every state that may count a row older than ``cutoff`` (retention is about to

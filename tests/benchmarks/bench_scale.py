@@ -24,7 +24,14 @@ import sys
 import time
 
 import sqlalchemy as sa
-from common import METRICS, baseline_summary, grow, scratch_database, time_baselines
+from common import (
+    METRICS,
+    add_bench_experiment,
+    baseline_summary,
+    grow,
+    scratch_database,
+    time_baselines,
+)
 
 from abkit.store.analysis import SqlAnalysis
 from abkit.store.engine import create_store_engine
@@ -115,24 +122,7 @@ def main() -> None:
             }
         )
         # A real look of the worker on the large experiment, in a fresh process.
-        with engine.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "INSERT INTO experiments (key, name, description, model, status, salt, "
-                    "hash_version, coverage, overrides, policy, config_checksum, revision, "
-                    "created_at, updated_at, started_at) VALUES ('bench', '', '', 'bench', "
-                    "'running', 'bench', 1, 1.0, '{}', CAST(:policy AS JSONB), "
-                    "'0123456789abcdef', 1, now(), now(), now())"
-                ),
-                {"policy": json.dumps(POLICY)},
-            )
-            conn.execute(
-                sa.text(
-                    "INSERT INTO arms (experiment_key, key, position, model_version, weight, "
-                    "is_control) VALUES ('bench', 'control', 0, 'v1', 0.5, true), "
-                    "('bench', 'treatment', 1, 'v2', 0.5, false)"
-                )
-            )
+        add_bench_experiment(engine, POLICY)
         engine.dispose()
         look = subprocess.run(
             [sys.executable, "-c", LOOK, url], capture_output=True, text=True, check=True

@@ -6,6 +6,7 @@ from the script's own directory.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
@@ -171,3 +172,26 @@ def grow(engine: sa.Engine, start: int, stop: int, events_per_unit: int = 5) -> 
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM ANALYZE exposures"))
         conn.execute(sa.text("VACUUM ANALYZE events"))
+
+
+def add_bench_experiment(engine: sa.Engine, policy: dict[str, object]) -> None:
+    """The experiment row of 'bench' (running, arms control/treatment) with ``policy``, so a
+    real worker look can run on the generated data."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO experiments (key, name, description, model, status, salt, "
+                "hash_version, coverage, overrides, policy, config_checksum, revision, "
+                "created_at, updated_at, started_at) VALUES ('bench', '', '', 'bench', "
+                "'running', 'bench', 1, 1.0, '{}', CAST(:policy AS JSONB), "
+                "'0123456789abcdef', 1, now(), now(), now())"
+            ),
+            {"policy": json.dumps(policy)},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO arms (experiment_key, key, position, model_version, weight, "
+                "is_control) VALUES ('bench', 'control', 0, 'v1', 0.5, true), "
+                "('bench', 'treatment', 1, 'v2', 0.5, false)"
+            )
+        )

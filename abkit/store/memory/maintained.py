@@ -26,7 +26,7 @@ from abkit.core.increments import (
 from abkit.core.metrics import Metric, MetricKind
 from abkit.core.model import Event, Exposure
 from abkit.errors import ConflictError
-from abkit.store.erasure import erasure
+from abkit.store.erasure import erase_units
 from abkit.store.memory.analysis import _after, _unit_value
 
 if TYPE_CHECKING:
@@ -163,21 +163,7 @@ class MemoryMaintained:
         )
 
     def erase_units(self, unit_ids: Sequence[str], *, now: datetime) -> int:
-        changed = 0
-        for (experiment_key, _), state in sorted(self._s.maintained.items()):
-            minus = erasure(self, experiment_key, state, unit_ids)
-            if minus:
-                self.save(
-                    experiment_key,
-                    state.metric,
-                    minus,
-                    expected_version=state.version,
-                    watermark=state.watermark,
-                    dated=state.dated,
-                    now=now,
-                )
-                changed += 1
-        return changed
+        return erase_units(self, {key for key, _ in self._s.maintained}, unit_ids, now)
 
     def invalidate_before(self, cutoff: datetime) -> int:
         doomed = []
