@@ -50,8 +50,16 @@ class Settings:
     stops them all when one dies."""
     grpc_grace_seconds: float = 10.0
     """On shutdown, in-flight RPCs get this long to finish."""
-    config_refresh_seconds: float = 2.0
-    """How often the server reloads experiment config from the store."""
+    config_refresh_seconds: float = 0.25
+    """How often the server looks for a changed experiment config in the store (one small query
+    of each experiment's revision; the config is loaded only when one changed). Bounds how soon
+    a change reaches the config stream's clients."""
+    config_streams: int = 256
+    """Most ``WatchConfig`` streams (local-evaluation clients) one server process holds; each
+    holds one thread, on top of ``grpc_workers``. Beyond it: RESOURCE_EXHAUSTED."""
+    config_heartbeat_seconds: float = 5.0
+    """A config stream with no change sends a heartbeat this often: clients know the config
+    they hold is current (their config age stays below it)."""
     writer_batch_size: int = 2000
     """Most exposures and events the journal's drain writes to the store in one transaction."""
     writer_flush_seconds: float = 0.2
@@ -179,6 +187,7 @@ class Settings:
         for name in (
             "grpc_workers",
             "grpc_processes",
+            "config_streams",
             "writer_batch_size",
             "spool_max_mb",
             "stream_replicas",
@@ -198,6 +207,7 @@ class Settings:
         for name in (
             "grpc_grace_seconds",
             "config_refresh_seconds",
+            "config_heartbeat_seconds",
             "writer_flush_seconds",
             "worker_tick_seconds",
             "durability_timeout_seconds",

@@ -13,6 +13,7 @@ with :class:`~abkit.errors.ConflictError` if someone else saved revision 4 first
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -89,6 +90,11 @@ class ExperimentRepository(Protocol):
 
     def list(self) -> list[ExperimentRecord]:
         """Every experiment, ordered by key."""
+        ...
+
+    def revisions(self) -> builtins.list[tuple[str, int]]:
+        """``(key, revision)`` of every experiment, ordered by key: what changed, cheaply (a
+        server polls it several times a second to notice a change)."""
         ...
 
     def save(self, record: ExperimentRecord, *, expected_revision: int | None) -> ExperimentRecord:

@@ -284,7 +284,14 @@ def config_checksum(experiment: Experiment) -> str:
     Status, rollout, overrides and descriptions are excluded: they never change the arm of a
     randomized unit. Coverage is included, so exposures logged at each ramp step are told apart.
     """
-    doc: dict[str, Any] = {
+    doc = _assignment_doc(experiment)
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _assignment_doc(experiment: Experiment) -> dict[str, Any]:
+    """The assignment-relevant config of :func:`config_checksum`, as a JSON-ready mapping."""
+    return {
         "hash_version": experiment.hash_version,
         "salt": experiment.salt,
         "arms": [[a.key, a.model_version, a.weight, a.control] for a in experiment.arms],
@@ -297,8 +304,30 @@ def config_checksum(experiment: Experiment) -> str:
         else [experiment.holdout.key, experiment.holdout.fraction],
         "targeting": None if experiment.targeting is None else experiment.targeting.to_dict(),
     }
-    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return sha256(canonical.encode()).hexdigest()[:16]
+
+
+def catalog_checksum(experiments: Iterable[Experiment]) -> str:
+    """SHA-256 (64 hex digits) of everything that decides any answer of these experiments.
+
+    Unlike :func:`config_checksum` it covers status, rollout arm, overrides and model: a client
+    that assigns locally (``abkit.client.LocalClient``) holds the config this names, and two
+    configs with one checksum answer every unit alike. Order-independent (sorted by key).
+    """
+    docs = []
+    for e in sorted(experiments, key=lambda e: e.key):
+        docs.append(
+            {
+                "key": e.key,
+                "status": e.status.value,
+                "model": e.model,
+                "rollout_arm": e.rollout_arm,
+                "overrides": dict(e.overrides),
+                "checksum": config_checksum(e),
+                "config": _assignment_doc(e),
+            }
+        )
+    canonical = json.dumps(docs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return sha256(canonical.encode()).hexdigest()
 
 
 def validate_catalog(experiments: Iterable[Experiment]) -> None:

@@ -1,7 +1,8 @@
 """Bearer-token authentication of RPCs (``ABKIT_API_TOKEN``).
 
-Track and TrackBatch write data, so they always need the token when one is configured; Assign
-and AssignBatch need it too with ``ABKIT_API_TOKEN_FOR_ASSIGN=true``. Health and reflection stay
+Track, TrackBatch and LogExposures write data, and WatchConfig hands out the whole config
+(overrides name units), so they always need the token when one is configured; Assign and
+AssignBatch need it too with ``ABKIT_API_TOKEN_FOR_ASSIGN=true``. Health and reflection stay
 open (probes and grpcurl). A refused call is answered UNAUTHENTICATED before the servicer runs,
 so it can never write anything. Tokens are compared in constant time.
 """
@@ -14,15 +15,18 @@ from typing import Any
 
 import grpc
 
-WRITE_METHODS = frozenset({"Track", "TrackBatch"})
+WRITE_METHODS = frozenset({"Track", "TrackBatch", "LogExposures", "WatchConfig"})
+STREAMING_METHODS = frozenset({"WatchConfig"})
 READ_METHODS = frozenset({"Assign", "AssignBatch"})
 SERVICE = "/abkit.v1.AssignmentService/"
 
 
-def _refuse(message: str) -> Any:
+def _refuse(message: str, method: str) -> Any:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
+    if method in STREAMING_METHODS:
+        return grpc.unary_stream_rpc_method_handler(handler)
     return grpc.unary_unary_rpc_method_handler(handler)
 
 
@@ -35,7 +39,8 @@ class TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self, continuation: Callable[[Any], Any], handler_call_details: Any
     ) -> Any:
         method: str = handler_call_details.method
-        if not method.startswith(SERVICE) or method[len(SERVICE) :] not in self._protected:
+        name = method[len(SERVICE) :]
+        if not method.startswith(SERVICE) or name not in self._protected:
             return continuation(handler_call_details)
         presented = ""
         for key, value in handler_call_details.invocation_metadata or ():
@@ -43,7 +48,9 @@ class TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 presented = value
                 break
         if not presented:
-            return _refuse("missing credentials: send metadata 'authorization: Bearer <token>'")
+            return _refuse(
+                "missing credentials: send metadata 'authorization: Bearer <token>'", name
+            )
         if not hmac.compare_digest(presented.encode(), self._expected):
-            return _refuse("invalid token")
+            return _refuse("invalid token", name)
         return continuation(handler_call_details)

@@ -9,7 +9,7 @@ from abkit.core.assignment import Assignment
 from abkit.core.model import Event, Reason
 from abkit.core.targeting import AttributeValue
 from abkit.errors import ValidationError
-from abkit.services.assignment import TrackInput, UnitRequest
+from abkit.services.assignment import NO_TRACE, ExposureInput, TraceRef, TrackInput, UnitRequest
 from abkit.v1 import assignment_pb2 as pb
 
 _REASONS = {reason: getattr(pb, f"REASON_{reason.value}") for reason in Reason}
@@ -175,3 +175,24 @@ def track_input_from_proto(request: Any, field: str = "") -> TrackInput:
 
 def event_ids(events: list[Event]) -> list[str]:
     return [e.event_id for e in events]
+
+
+def exposure_inputs_from_proto(request: Any) -> list[ExposureInput]:
+    """The exposures of a ``LogExposuresRequest`` (times checked here: a missing one is named)."""
+    items = []
+    for i, e in enumerate(request.exposures):
+        if not e.HasField("exposed_at"):
+            raise ValidationError(f"exposures[{i}].exposed_at", "is required")
+        trace = TraceRef(e.trace_id, e.span_id) if e.trace_id or e.span_id else NO_TRACE
+        items.append(
+            ExposureInput(
+                e.experiment_key,
+                e.unit_id,
+                e.arm_key,
+                e.model_version,
+                e.config_checksum,
+                e.exposed_at.ToDatetime(tzinfo=UTC),
+                trace,
+            )
+        )
+    return items

@@ -16,6 +16,7 @@ from abkit.errors import ValidationError
 from abkit.infra.instruments import RpcMetrics, observe_runtime
 from abkit.infra.telemetry import Telemetry
 from abkit.rpc.auth import TokenInterceptor
+from abkit.rpc.config_feed import ConfigFeed
 from abkit.rpc.servicer import AssignmentServicer, add_to_server
 from abkit.runtime import Runtime
 from abkit.v1 import assignment_pb2
@@ -38,8 +39,10 @@ class GrpcServer:
         port: int,
         runtime: Runtime,
         health_servicer: health.HealthServicer,
+        feed: ConfigFeed,
     ) -> None:
         self.server = server
+        self.feed = feed
         self.port = port
         self.runtime = runtime
         self.health = health_servicer
@@ -85,6 +88,7 @@ class GrpcServer:
         """Refuse new RPCs, let in-flight ones finish within ``grace`` seconds."""
         self._ready.set()
         self._set_serving(False)
+        self.feed.close()  # config streams never finish on their own
         self.server.stop(
             grace if grace is not None else self.runtime.settings.grpc_grace_seconds
         ).wait()
@@ -136,19 +140,27 @@ def build_server(
         interceptors.append(
             TokenInterceptor(settings.api_token, protect_assign=settings.api_token_for_assign)
         )
+    # Each config stream holds a thread for as long as it lasts: the pool has room for the
+    # most streams on top of the workers of unary calls (the feed refuses streams beyond it).
     server = grpc.server(
         futures.ThreadPoolExecutor(
-            max_workers=settings.grpc_workers, thread_name_prefix="abkit-grpc"
+            max_workers=settings.grpc_workers + settings.config_streams,
+            thread_name_prefix="abkit-grpc",
         ),
         interceptors=interceptors,
         options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
     )
+    feed = ConfigFeed(
+        max_streams=settings.config_streams, heartbeat_seconds=settings.config_heartbeat_seconds
+    )
+    runtime.config.subscribe(feed.publish)
     add_to_server(
         AssignmentServicer(
             runtime.assignment,
             telemetry.tracer(),
             rpc_metrics,
             records_spans=telemetry.records_spans,
+            feed=feed,
         ),
         server,
     )
@@ -169,4 +181,4 @@ def build_server(
     )
     if port == 0:
         raise OSError(f"could not bind the gRPC server to {address or settings.grpc_address}")
-    return GrpcServer(server, port, runtime, health_servicer)
+    return GrpcServer(server, port, runtime, health_servicer, feed)

@@ -9,7 +9,7 @@ so the service is registered by :func:`add_to_server`, whose serializers pass by
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -17,6 +17,7 @@ from opentelemetry.trace import Tracer
 
 from abkit.infra.instruments import RpcMetrics
 from abkit.rpc import convert
+from abkit.rpc.config_feed import ConfigFeed
 from abkit.rpc.tracing import SERVICE, rpc
 from abkit.services.assignment import AssignmentService, TraceRef
 from abkit.v1 import assignment_pb2 as pb
@@ -33,8 +34,10 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
         metrics: RpcMetrics | None = None,
         *,
         records_spans: bool = True,
+        feed: ConfigFeed | None = None,
     ) -> None:
         self._service = service
+        self._feed = feed or ConfigFeed(max_streams=1, heartbeat_seconds=5.0)
         self.tracer = tracer
         self.metrics = metrics
         self.records_spans = records_spans
@@ -59,6 +62,14 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
         return self._responses.batch_response(results)
 
     @rpc
+    def LogExposures(self, request: Any, context: grpc.ServicerContext, trace: TraceRef) -> Any:
+        accepted = self._service.log_exposures(convert.exposure_inputs_from_proto(request))
+        return pb.LogExposuresResponse(accepted=accepted)
+
+    def WatchConfig(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
+        return self._feed.stream(request, context)
+
+    @rpc
     def Track(self, request: Any, context: grpc.ServicerContext, trace: TraceRef) -> Any:
         event = self._service.track(convert.track_input_from_proto(request), trace)
         return pb.TrackResponse(event_id=event.event_id)
@@ -80,6 +91,7 @@ def add_to_server(servicer: AssignmentServicer, server: grpc.Server) -> None:
         "AssignBatch": (servicer.AssignBatch, pb.AssignBatchRequest),
         "Track": (servicer.Track, pb.TrackRequest),
         "TrackBatch": (servicer.TrackBatch, pb.TrackBatchRequest),
+        "LogExposures": (servicer.LogExposures, pb.LogExposuresRequest),
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
@@ -87,5 +99,10 @@ def add_to_server(servicer: AssignmentServicer, server: grpc.Server) -> None:
         )
         for name, (method, request) in methods.items()
     }
+    handlers["WatchConfig"] = grpc.unary_stream_rpc_method_handler(
+        servicer.WatchConfig,
+        request_deserializer=pb.WatchConfigRequest.FromString,
+        response_serializer=convert.wire,
+    )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)

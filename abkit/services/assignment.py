@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -31,7 +31,8 @@ from abkit.core.limits import (
     check_value,
 )
 from abkit.core.model import Event, check_key
-from abkit.core.rows import encode_events, escape, row_tail
+from abkit.core.recent import RecentKeys
+from abkit.core.rows import encode_events, escape, exposure_head, row_tail
 from abkit.core.targeting import AttributeValue
 from abkit.errors import NotFoundError, StoreUnavailableError, ValidationError
 from abkit.ports import Clock, Recorder
@@ -63,37 +64,25 @@ class UnitRequest(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class ExposureInput:
+    """An exposure a client assigned itself (``LogExposures``): what it served, and when."""
+
+    experiment_key: str
+    unit_id: str
+    arm_key: str
+    model_version: str
+    config_checksum: str
+    exposed_at: datetime
+    trace: TraceRef = NO_TRACE
+
+
+@dataclass(frozen=True, slots=True)
 class TrackInput:
     unit_id: str
     metric: str
     value: float = 1.0
     occurred_at: datetime | None = None
     event_id: str = ""
-
-
-class RecentKeys:
-    """A bounded set of recently seen keys: two generations, the older dropped when full.
-
-    Remembers at least ``capacity / 2`` and at most ``capacity`` of the latest keys; forgetting
-    one only costs a redundant (idempotent) write later, never a wrong answer. Not locked: set
-    operations are atomic under the GIL, and the one race (two threads rotating generations at
-    once) can only forget keys.
-    """
-
-    __slots__ = ("_capacity", "_current", "_previous")
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = max(2, capacity)
-        self._current: set[tuple[str, str]] = set()
-        self._previous: set[tuple[str, str]] = set()
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._current or key in self._previous
-
-    def update(self, keys: Iterable[tuple[str, str]]) -> None:
-        self._current.update(keys)
-        if len(self._current) >= self._capacity // 2:
-            self._previous, self._current = self._current, set()
 
 
 class Durability(StrEnum):
@@ -174,25 +163,52 @@ class AssignmentService:
                     keys.append(key)
             results.append(answers)
         if lines:
-            self._record_exposures("".join(lines), len(lines))
+            self._record_exposures("".join(lines), len(lines), sync=self._sync)
             logged.update(keys)
         return results
 
-    def _record_exposures(self, text: str, rows: int) -> None:
+    def _record_exposures(self, text: str, rows: int, *, sync: bool) -> None:
         """Durable before the answer (sync), or handed over without waiting (async)."""
         try:
             receipt = self._exposures.record(text, rows)
         except StoreUnavailableError as exc:
-            if self._sync:
+            if sync:
                 raise StoreUnavailableError(
                     f"exposures cannot be recorded right now ({exc}); retry shortly"
                 ) from exc
             log.warning("exposures not recorded, %d dropped: %s", rows, exc)
             return
-        if self._sync and not receipt.wait(self._timeout):
+        if sync and not receipt.wait(self._timeout):
             raise StoreUnavailableError(
                 f"exposures were not durable within {self._timeout:g} s; retry shortly"
             )
+
+    def log_exposures(self, items: Sequence[ExposureInput]) -> int:
+        """Store the exposures of units a client assigned itself (``LocalClient``); durable
+        before it returns, whatever ``durability`` says (the client retries otherwise).
+
+        Every item is checked before any is stored: a known experiment, one of its arms with
+        that arm's model version, a time with a zone and not in the future. The client's answer
+        is trusted beyond that (it assigned with the config this server streamed it).
+        """
+        check_batch(len(items), "exposures")
+        catalog = self._config.catalog
+        now = self._clock.now()
+        lines: list[str] = []
+        keys: list[tuple[str, str]] = []
+        logged = self._logged
+        for i, item in enumerate(items):
+            row_head = _checked_exposure(item, catalog, now, f"exposures[{i}].")
+            key = (item.experiment_key, item.unit_id)
+            if key in logged:
+                continue
+            tail = row_tail(item.exposed_at, item.trace.trace_id, item.trace.span_id)
+            lines.append(f"{row_head}{tail}{escape(self._stored_id(item.unit_id))}\n")
+            keys.append(key)
+        if lines:
+            self._record_exposures("".join(lines), len(lines), sync=True)
+            logged.update(keys)
+        return len(items)
 
     def track(self, item: TrackInput, trace: TraceRef = NO_TRACE) -> Event:
         return self.track_batch([item], trace, single=True)[0]
@@ -244,6 +260,47 @@ class AssignmentService:
         return Event(
             event_id, item.unit_id, item.metric, value, occurred_at, trace.trace_id, trace.span_id
         )
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _checked_exposure(item: ExposureInput, catalog: Catalog, now: datetime, where: str) -> str:
+    """Check one ``LogExposures`` item against the config; its exposure row's head."""
+    check_unit_id(item.unit_id, f"{where}unit_id")
+    if item.experiment_key not in catalog:
+        check_key(item.experiment_key, f"{where}experiment_key")
+        raise ValidationError(
+            f"{where}experiment_key",
+            f"experiment {item.experiment_key!r} is not known to this server",
+        )
+    experiment = catalog.get(item.experiment_key).experiment
+    arm = next((a for a in experiment.arms if a.key == item.arm_key), None)
+    if arm is None or arm.model_version != item.model_version:
+        raise ValidationError(
+            f"{where}arm_key",
+            f"{item.experiment_key!r} has no arm {item.arm_key!r} serving "
+            f"{item.model_version!r}; its arms are "
+            + ", ".join(f"{a.key}={a.model_version}" for a in experiment.arms),
+        )
+    if item.exposed_at.tzinfo is None:
+        raise ValidationError(f"{where}exposed_at", "must carry a time zone")
+    if item.exposed_at - now > MAX_FUTURE_SKEW:
+        raise ValidationError(
+            f"{where}exposed_at",
+            f"is more than {MAX_FUTURE_SKEW} in the future ({item.exposed_at.isoformat()}); "
+            "check the client's clock",
+        )
+    _check_trace(item.trace, where)
+    return exposure_head(item.experiment_key, arm.key, arm.model_version, item.config_checksum)
+
+
+def _check_trace(trace: TraceRef, where: str) -> None:
+    for name, value, digits in (("trace_id", trace.trace_id, 32), ("span_id", trace.span_id, 16)):
+        if value and (len(value) != digits or not _HEX.issuperset(value)):
+            raise ValidationError(
+                f"{where}{name}", f"must be empty or {digits} lower-case hex digits, got {value!r}"
+            )
 
 
 def _identity(unit_id: str) -> str:

@@ -1,15 +1,19 @@
 """The experiment config a server assigns from: compiled once, refreshed from the store.
 
-A failed refresh (store down, invalid config) keeps serving the last good config: assignment
-must keep answering while the database is away.
+A refresh first reads each experiment's revision (one small query); only when one changed does
+it load and compile the whole config, then tell its listeners (the config stream of
+:mod:`abkit.rpc.config_feed`). A failed refresh (store down, invalid config) keeps serving the
+last good config: assignment must keep answering while the database is away.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 
 from abkit.core.assignment import Catalog
+from abkit.core.model import Experiment
 from abkit.errors import AbkitError, StoreUnavailableError
 from abkit.ports import Store
 
@@ -30,6 +34,14 @@ class ConfigCache:
         self.last_error: str | None = None
         self.failures = 0
         self._signature: tuple[tuple[str, int], ...] = ()
+        self._listeners: list[Callable[[Sequence[Experiment]], None]] = []
+
+    def subscribe(self, listener: Callable[[Sequence[Experiment]], None]) -> None:
+        """Call ``listener(experiments)`` now (if loaded) and after every change."""
+        with self._lock:
+            self._listeners.append(listener)
+            if self._catalog is not None:
+                listener(self._catalog.experiments)
 
     @property
     def loaded(self) -> bool:
@@ -48,11 +60,12 @@ class ConfigCache:
         """Reload from the store; True on success."""
         try:
             with self._store.transaction() as tx:
+                signature: tuple[tuple[str, int], ...] = tuple(tx.experiments.revisions())
+                if signature == self._signature and self._catalog is not None:
+                    self.last_error = None
+                    return True  # unchanged: keep the compiled config (and every cache on it)
                 records = tx.experiments.list()
             signature = tuple((r.key, r.revision) for r in records)
-            if signature == self._signature and self._catalog is not None:
-                self.last_error = None
-                return True  # unchanged: keep the compiled config (and every cache keyed on it)
             catalog = Catalog(r.experiment for r in records)
         except AbkitError as exc:
             self.last_error = str(exc)
@@ -63,4 +76,9 @@ class ConfigCache:
             self._catalog = catalog
             self._signature = signature
             self.last_error = None
+            for listener in self._listeners:  # under the lock: listeners see changes in order
+                try:
+                    listener(catalog.experiments)
+                except Exception:  # a listener's failure must not stop the refresher
+                    log.exception("a config listener failed")
         return True

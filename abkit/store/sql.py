@@ -123,6 +123,10 @@ class SqlExperiments:
     def list(self) -> builtins.list[ExperimentRecord]:
         return self._load(None)
 
+    def revisions(self) -> builtins.list[tuple[str, int]]:
+        query = select(_EXPERIMENTS.c.key, _EXPERIMENTS.c.revision).order_by(_EXPERIMENTS.c.key)
+        return [(key, revision) for key, revision in self._conn.execute(query)]
+
     def _load(self, key: str | None) -> builtins.list[ExperimentRecord]:
         query = select(_EXPERIMENTS, _HOLDOUTS.c.fraction.label("holdout_fraction")).join_from(
             _EXPERIMENTS, _HOLDOUTS, _EXPERIMENTS.c.holdout_key == _HOLDOUTS.c.key, isouter=True

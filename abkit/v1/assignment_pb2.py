@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61\x62kit/v1/assignment.proto\x12\x08\x61\x62kit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\x0e\x41ttributeValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x16\n\x0cnumber_value\x18\x02 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\"\xc3\x01\n\rAssignRequest\x12\x0f\n\x07unit_id\x18\x01 \x01(\t\x12;\n\nattributes\x18\x02 \x03(\x0b\x32\'.abkit.v1.AssignRequest.AttributesEntry\x12\x17\n\x0f\x65xperiment_keys\x18\x03 \x03(\t\x1aK\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.abkit.v1.AttributeValue:\x02\x38\x01\"\x85\x01\n\nAssignment\x12\x16\n\x0e\x65xperiment_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61rm_key\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12 \n\x06reason\x18\x04 \x01(\x0e\x32\x10.abkit.v1.Reason\x12\x15\n\rin_experiment\x18\x05 \x01(\x08\";\n\x0e\x41ssignResponse\x12)\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x14.abkit.v1.Assignment\"?\n\x12\x41ssignBatchRequest\x12)\n\x08requests\x18\x01 \x03(\x0b\x32\x17.abkit.v1.AssignRequest\"B\n\x13\x41ssignBatchResponse\x12+\n\tresponses\x18\x01 \x03(\x0b\x32\x18.abkit.v1.AssignResponse\"\x90\x01\n\x0cTrackRequest\x12\x0f\n\x07unit_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x12\n\x05value\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\tB\x08\n\x06_value\"!\n\rTrackResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\";\n\x11TrackBatchRequest\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.abkit.v1.TrackRequest\"\'\n\x12TrackBatchResponse\x12\x11\n\tevent_ids\x18\x01 \x03(\t*\xf6\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x10\n\x0cREASON_SPLIT\x10\x01\x12\x13\n\x0fREASON_OVERRIDE\x10\x02\x12\x12\n\x0eREASON_HOLDOUT\x10\x03\x12\x17\n\x13REASON_NOT_IN_LAYER\x10\x04\x12\x1a\n\x16REASON_NOT_IN_COVERAGE\x10\x05\x12\x19\n\x15REASON_TARGETING_MISS\x10\x06\x12!\n\x1dREASON_EXPERIMENT_NOT_RUNNING\x10\x07\x12\x14\n\x10REASON_CONCLUDED\x10\x08\x12\x10\n\x0cREASON_ERROR\x10\t2\x9f\x02\n\x11\x41ssignmentService\x12;\n\x06\x41ssign\x12\x17.abkit.v1.AssignRequest\x1a\x18.abkit.v1.AssignResponse\x12J\n\x0b\x41ssignBatch\x12\x1c.abkit.v1.AssignBatchRequest\x1a\x1d.abkit.v1.AssignBatchResponse\x12\x38\n\x05Track\x12\x16.abkit.v1.TrackRequest\x1a\x17.abkit.v1.TrackResponse\x12G\n\nTrackBatch\x12\x1b.abkit.v1.TrackBatchRequest\x1a\x1c.abkit.v1.TrackBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61\x62kit/v1/assignment.proto\x12\x08\x61\x62kit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\x0e\x41ttributeValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x16\n\x0cnumber_value\x18\x02 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\"\xc3\x01\n\rAssignRequest\x12\x0f\n\x07unit_id\x18\x01 \x01(\t\x12;\n\nattributes\x18\x02 \x03(\x0b\x32\'.abkit.v1.AssignRequest.AttributesEntry\x12\x17\n\x0f\x65xperiment_keys\x18\x03 \x03(\t\x1aK\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.abkit.v1.AttributeValue:\x02\x38\x01\"\x85\x01\n\nAssignment\x12\x16\n\x0e\x65xperiment_key\x18\x01 \x01(\t\x12\x0f\n\x07\x61rm_key\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12 \n\x06reason\x18\x04 \x01(\x0e\x32\x10.abkit.v1.Reason\x12\x15\n\rin_experiment\x18\x05 \x01(\x08\";\n\x0e\x41ssignResponse\x12)\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x14.abkit.v1.Assignment\"?\n\x12\x41ssignBatchRequest\x12)\n\x08requests\x18\x01 \x03(\x0b\x32\x17.abkit.v1.AssignRequest\"B\n\x13\x41ssignBatchResponse\x12+\n\tresponses\x18\x01 \x03(\x0b\x32\x18.abkit.v1.AssignResponse\"\x90\x01\n\x0cTrackRequest\x12\x0f\n\x07unit_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x12\n\x05value\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\tB\x08\n\x06_value\"!\n\rTrackResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\";\n\x11TrackBatchRequest\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.abkit.v1.TrackRequest\"\'\n\x12TrackBatchResponse\x12\x11\n\tevent_ids\x18\x01 \x03(\t\",\n\x12WatchConfigRequest\x12\x16\n\x0eknown_checksum\x18\x01 \x01(\t\"P\n\tArmConfig\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x0f\n\x07\x63ontrol\x18\x04 \x01(\x08\"6\n\x0bLayerConfig\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x01\".\n\rHoldoutConfig\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\"\xb9\x03\n\x10\x45xperimentConfig\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.abkit.v1.ExperimentStatus\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0c\n\x04salt\x18\x04 \x01(\t\x12\x14\n\x0chash_version\x18\x05 \x01(\r\x12\x10\n\x08\x63overage\x18\x06 \x01(\x01\x12!\n\x04\x61rms\x18\x07 \x03(\x0b\x32\x13.abkit.v1.ArmConfig\x12$\n\x05layer\x18\x08 \x01(\x0b\x32\x15.abkit.v1.LayerConfig\x12(\n\x07holdout\x18\t \x01(\x0b\x32\x17.abkit.v1.HoldoutConfig\x12\x16\n\x0etargeting_json\x18\n \x01(\t\x12<\n\toverrides\x18\x0b \x03(\x0b\x32).abkit.v1.ExperimentConfig.OverridesEntry\x12\x13\n\x0brollout_arm\x18\x0c \x01(\t\x12\x17\n\x0f\x63onfig_checksum\x18\r \x01(\t\x1a\x30\n\x0eOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"o\n\x0c\x43onfigUpdate\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\t\x12\x0c\n\x04\x66ull\x18\x03 \x01(\x08\x12/\n\x0b\x65xperiments\x18\x04 \x03(\x0b\x32\x1a.abkit.v1.ExperimentConfig\"\xcd\x01\n\x0e\x45xposureRecord\x12\x16\n\x0e\x65xperiment_key\x18\x01 \x01(\t\x12\x0f\n\x07unit_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61rm_key\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x17\n\x0f\x63onfig_checksum\x18\x05 \x01(\t\x12.\n\nexposed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12\x0f\n\x07span_id\x18\x08 \x01(\t\"B\n\x13LogExposuresRequest\x12+\n\texposures\x18\x01 \x03(\x0b\x32\x18.abkit.v1.ExposureRecord\"(\n\x14LogExposuresResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r*\xf6\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x10\n\x0cREASON_SPLIT\x10\x01\x12\x13\n\x0fREASON_OVERRIDE\x10\x02\x12\x12\n\x0eREASON_HOLDOUT\x10\x03\x12\x17\n\x13REASON_NOT_IN_LAYER\x10\x04\x12\x1a\n\x16REASON_NOT_IN_COVERAGE\x10\x05\x12\x19\n\x15REASON_TARGETING_MISS\x10\x06\x12!\n\x1dREASON_EXPERIMENT_NOT_RUNNING\x10\x07\x12\x14\n\x10REASON_CONCLUDED\x10\x08\x12\x10\n\x0cREASON_ERROR\x10\t*\xb0\x01\n\x10\x45xperimentStatus\x12!\n\x1d\x45XPERIMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45XPERIMENT_STATUS_DRAFT\x10\x01\x12\x1d\n\x19\x45XPERIMENT_STATUS_RUNNING\x10\x02\x12\x1c\n\x18\x45XPERIMENT_STATUS_PAUSED\x10\x03\x12\x1f\n\x1b\x45XPERIMENT_STATUS_CONCLUDED\x10\x04\x32\xb5\x03\n\x11\x41ssignmentService\x12;\n\x06\x41ssign\x12\x17.abkit.v1.AssignRequest\x1a\x18.abkit.v1.AssignResponse\x12J\n\x0b\x41ssignBatch\x12\x1c.abkit.v1.AssignBatchRequest\x1a\x1d.abkit.v1.AssignBatchResponse\x12\x38\n\x05Track\x12\x16.abkit.v1.TrackRequest\x1a\x17.abkit.v1.TrackResponse\x12G\n\nTrackBatch\x12\x1b.abkit.v1.TrackBatchRequest\x1a\x1c.abkit.v1.TrackBatchResponse\x12\x45\n\x0bWatchConfig\x12\x1c.abkit.v1.WatchConfigRequest\x1a\x16.abkit.v1.ConfigUpdate0\x01\x12M\n\x0cLogExposures\x12\x1d.abkit.v1.LogExposuresRequest\x1a\x1e.abkit.v1.LogExposuresResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ASSIGNREQUEST_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_ASSIGNREQUEST_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_REASON']._serialized_start=981
-  _globals['_REASON']._serialized_end=1227
+  _globals['_EXPERIMENTCONFIG_OVERRIDESENTRY']._loaded_options = None
+  _globals['_EXPERIMENTCONFIG_OVERRIDESENTRY']._serialized_options = b'8\001'
+  _globals['_REASON']._serialized_start=2088
+  _globals['_REASON']._serialized_end=2334
+  _globals['_EXPERIMENTSTATUS']._serialized_start=2337
+  _globals['_EXPERIMENTSTATUS']._serialized_end=2513
   _globals['_ATTRIBUTEVALUE']._serialized_start=72
   _globals['_ATTRIBUTEVALUE']._serialized_end=166
   _globals['_ASSIGNREQUEST']._serialized_start=169
@@ -58,6 +62,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRACKBATCHREQUEST']._serialized_end=937
   _globals['_TRACKBATCHRESPONSE']._serialized_start=939
   _globals['_TRACKBATCHRESPONSE']._serialized_end=978
-  _globals['_ASSIGNMENTSERVICE']._serialized_start=1230
-  _globals['_ASSIGNMENTSERVICE']._serialized_end=1517
+  _globals['_WATCHCONFIGREQUEST']._serialized_start=980
+  _globals['_WATCHCONFIGREQUEST']._serialized_end=1024
+  _globals['_ARMCONFIG']._serialized_start=1026
+  _globals['_ARMCONFIG']._serialized_end=1106
+  _globals['_LAYERCONFIG']._serialized_start=1108
+  _globals['_LAYERCONFIG']._serialized_end=1162
+  _globals['_HOLDOUTCONFIG']._serialized_start=1164
+  _globals['_HOLDOUTCONFIG']._serialized_end=1210
+  _globals['_EXPERIMENTCONFIG']._serialized_start=1213
+  _globals['_EXPERIMENTCONFIG']._serialized_end=1654
+  _globals['_EXPERIMENTCONFIG_OVERRIDESENTRY']._serialized_start=1606
+  _globals['_EXPERIMENTCONFIG_OVERRIDESENTRY']._serialized_end=1654
+  _globals['_CONFIGUPDATE']._serialized_start=1656
+  _globals['_CONFIGUPDATE']._serialized_end=1767
+  _globals['_EXPOSURERECORD']._serialized_start=1770
+  _globals['_EXPOSURERECORD']._serialized_end=1975
+  _globals['_LOGEXPOSURESREQUEST']._serialized_start=1977
+  _globals['_LOGEXPOSURESREQUEST']._serialized_end=2043
+  _globals['_LOGEXPOSURESRESPONSE']._serialized_start=2045
+  _globals['_LOGEXPOSURESRESPONSE']._serialized_end=2085
+  _globals['_ASSIGNMENTSERVICE']._serialized_start=2516
+  _globals['_ASSIGNMENTSERVICE']._serialized_end=2953
 # @@protoc_insertion_point(module_scope)

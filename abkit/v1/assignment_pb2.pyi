@@ -22,6 +22,14 @@ class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_EXPERIMENT_NOT_RUNNING: _ClassVar[Reason]
     REASON_CONCLUDED: _ClassVar[Reason]
     REASON_ERROR: _ClassVar[Reason]
+
+class ExperimentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPERIMENT_STATUS_UNSPECIFIED: _ClassVar[ExperimentStatus]
+    EXPERIMENT_STATUS_DRAFT: _ClassVar[ExperimentStatus]
+    EXPERIMENT_STATUS_RUNNING: _ClassVar[ExperimentStatus]
+    EXPERIMENT_STATUS_PAUSED: _ClassVar[ExperimentStatus]
+    EXPERIMENT_STATUS_CONCLUDED: _ClassVar[ExperimentStatus]
 REASON_UNSPECIFIED: Reason
 REASON_SPLIT: Reason
 REASON_OVERRIDE: Reason
@@ -32,6 +40,11 @@ REASON_TARGETING_MISS: Reason
 REASON_EXPERIMENT_NOT_RUNNING: Reason
 REASON_CONCLUDED: Reason
 REASON_ERROR: Reason
+EXPERIMENT_STATUS_UNSPECIFIED: ExperimentStatus
+EXPERIMENT_STATUS_DRAFT: ExperimentStatus
+EXPERIMENT_STATUS_RUNNING: ExperimentStatus
+EXPERIMENT_STATUS_PAUSED: ExperimentStatus
+EXPERIMENT_STATUS_CONCLUDED: ExperimentStatus
 
 class AttributeValue(_message.Message):
     __slots__ = ("string_value", "number_value", "bool_value")
@@ -123,3 +136,120 @@ class TrackBatchResponse(_message.Message):
     EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
     event_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, event_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class WatchConfigRequest(_message.Message):
+    __slots__ = ("known_checksum",)
+    KNOWN_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    known_checksum: str
+    def __init__(self, known_checksum: _Optional[str] = ...) -> None: ...
+
+class ArmConfig(_message.Message):
+    __slots__ = ("key", "model_version", "weight", "control")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    model_version: str
+    weight: float
+    control: bool
+    def __init__(self, key: _Optional[str] = ..., model_version: _Optional[str] = ..., weight: _Optional[float] = ..., control: _Optional[bool] = ...) -> None: ...
+
+class LayerConfig(_message.Message):
+    __slots__ = ("key", "start", "end")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    start: float
+    end: float
+    def __init__(self, key: _Optional[str] = ..., start: _Optional[float] = ..., end: _Optional[float] = ...) -> None: ...
+
+class HoldoutConfig(_message.Message):
+    __slots__ = ("key", "fraction")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    fraction: float
+    def __init__(self, key: _Optional[str] = ..., fraction: _Optional[float] = ...) -> None: ...
+
+class ExperimentConfig(_message.Message):
+    __slots__ = ("key", "status", "model", "salt", "hash_version", "coverage", "arms", "layer", "holdout", "targeting_json", "overrides", "rollout_arm", "config_checksum")
+    class OverridesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    HASH_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
+    TARGETING_JSON_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ARM_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    status: ExperimentStatus
+    model: str
+    salt: str
+    hash_version: int
+    coverage: float
+    arms: _containers.RepeatedCompositeFieldContainer[ArmConfig]
+    layer: LayerConfig
+    holdout: HoldoutConfig
+    targeting_json: str
+    overrides: _containers.ScalarMap[str, str]
+    rollout_arm: str
+    config_checksum: str
+    def __init__(self, key: _Optional[str] = ..., status: _Optional[_Union[ExperimentStatus, str]] = ..., model: _Optional[str] = ..., salt: _Optional[str] = ..., hash_version: _Optional[int] = ..., coverage: _Optional[float] = ..., arms: _Optional[_Iterable[_Union[ArmConfig, _Mapping]]] = ..., layer: _Optional[_Union[LayerConfig, _Mapping]] = ..., holdout: _Optional[_Union[HoldoutConfig, _Mapping]] = ..., targeting_json: _Optional[str] = ..., overrides: _Optional[_Mapping[str, str]] = ..., rollout_arm: _Optional[str] = ..., config_checksum: _Optional[str] = ...) -> None: ...
+
+class ConfigUpdate(_message.Message):
+    __slots__ = ("format", "checksum", "full", "experiments")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    format: int
+    checksum: str
+    full: bool
+    experiments: _containers.RepeatedCompositeFieldContainer[ExperimentConfig]
+    def __init__(self, format: _Optional[int] = ..., checksum: _Optional[str] = ..., full: _Optional[bool] = ..., experiments: _Optional[_Iterable[_Union[ExperimentConfig, _Mapping]]] = ...) -> None: ...
+
+class ExposureRecord(_message.Message):
+    __slots__ = ("experiment_key", "unit_id", "arm_key", "model_version", "config_checksum", "exposed_at", "trace_id", "span_id")
+    EXPERIMENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    UNIT_ID_FIELD_NUMBER: _ClassVar[int]
+    ARM_KEY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    EXPOSED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    experiment_key: str
+    unit_id: str
+    arm_key: str
+    model_version: str
+    config_checksum: str
+    exposed_at: _timestamp_pb2.Timestamp
+    trace_id: str
+    span_id: str
+    def __init__(self, experiment_key: _Optional[str] = ..., unit_id: _Optional[str] = ..., arm_key: _Optional[str] = ..., model_version: _Optional[str] = ..., config_checksum: _Optional[str] = ..., exposed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ...) -> None: ...
+
+class LogExposuresRequest(_message.Message):
+    __slots__ = ("exposures",)
+    EXPOSURES_FIELD_NUMBER: _ClassVar[int]
+    exposures: _containers.RepeatedCompositeFieldContainer[ExposureRecord]
+    def __init__(self, exposures: _Optional[_Iterable[_Union[ExposureRecord, _Mapping]]] = ...) -> None: ...
+
+class LogExposuresResponse(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    def __init__(self, accepted: _Optional[int] = ...) -> None: ...

@@ -54,6 +54,16 @@ class AssignmentServiceStub:
                 request_serializer=abkit_dot_v1_dot_assignment__pb2.TrackBatchRequest.SerializeToString,
                 response_deserializer=abkit_dot_v1_dot_assignment__pb2.TrackBatchResponse.FromString,
                 _registered_method=True)
+        self.WatchConfig = channel.unary_stream(
+                '/abkit.v1.AssignmentService/WatchConfig',
+                request_serializer=abkit_dot_v1_dot_assignment__pb2.WatchConfigRequest.SerializeToString,
+                response_deserializer=abkit_dot_v1_dot_assignment__pb2.ConfigUpdate.FromString,
+                _registered_method=True)
+        self.LogExposures = channel.unary_unary(
+                '/abkit.v1.AssignmentService/LogExposures',
+                request_serializer=abkit_dot_v1_dot_assignment__pb2.LogExposuresRequest.SerializeToString,
+                response_deserializer=abkit_dot_v1_dot_assignment__pb2.LogExposuresResponse.FromString,
+                _registered_method=True)
 
 
 class AssignmentServiceServicer:
@@ -87,6 +97,25 @@ class AssignmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchConfig(self, request, context):
+        """Stream the experiment config to a client that assigns in its own process
+        (abkit.client.LocalClient): the whole config on connect (or a heartbeat when the client
+        already holds the current one) and again after every committed change; a heartbeat every
+        few seconds otherwise. RESOURCE_EXHAUSTED when the server holds its most streams.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LogExposures(self, request, context):
+        """Record exposures of units a client assigned itself (at most 1000); all are validated before
+        any is stored, and the answer comes once they are durable. Stored once per unit and
+        experiment, like Assign's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AssignmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +138,16 @@ def add_AssignmentServiceServicer_to_server(servicer, server):
                     servicer.TrackBatch,
                     request_deserializer=abkit_dot_v1_dot_assignment__pb2.TrackBatchRequest.FromString,
                     response_serializer=abkit_dot_v1_dot_assignment__pb2.TrackBatchResponse.SerializeToString,
+            ),
+            'WatchConfig': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchConfig,
+                    request_deserializer=abkit_dot_v1_dot_assignment__pb2.WatchConfigRequest.FromString,
+                    response_serializer=abkit_dot_v1_dot_assignment__pb2.ConfigUpdate.SerializeToString,
+            ),
+            'LogExposures': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogExposures,
+                    request_deserializer=abkit_dot_v1_dot_assignment__pb2.LogExposuresRequest.FromString,
+                    response_serializer=abkit_dot_v1_dot_assignment__pb2.LogExposuresResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +258,60 @@ class AssignmentService:
             '/abkit.v1.AssignmentService/TrackBatch',
             abkit_dot_v1_dot_assignment__pb2.TrackBatchRequest.SerializeToString,
             abkit_dot_v1_dot_assignment__pb2.TrackBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/abkit.v1.AssignmentService/WatchConfig',
+            abkit_dot_v1_dot_assignment__pb2.WatchConfigRequest.SerializeToString,
+            abkit_dot_v1_dot_assignment__pb2.ConfigUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogExposures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/abkit.v1.AssignmentService/LogExposures',
+            abkit_dot_v1_dot_assignment__pb2.LogExposuresRequest.SerializeToString,
+            abkit_dot_v1_dot_assignment__pb2.LogExposuresResponse.FromString,
             options,
             channel_credentials,
             insecure,

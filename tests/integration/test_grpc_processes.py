@@ -31,6 +31,8 @@ from abkit.store.sql import SqlStore
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc
 from tests.helpers import EXPERIMENT
+from tests.serving import children as _children
+from tests.serving import established as _established
 
 ROOT = Path(__file__).parents[2]
 
@@ -58,30 +60,6 @@ def _port(proc: subprocess.Popen[str]) -> int:
     line = proc.stdout.readline()
     assert "listening" in line, proc.communicate(timeout=30)
     return int(line.split("(port ", 1)[1].split(",")[0].rstrip(")\n"))
-
-
-def _children(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def _established(pid: int, port: int) -> int:
-    """Connections to ``port`` that process ``pid`` has accepted (from /proc, no tools)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            if local_port == port and fields[3] == "01" and fields[9] in inodes:
-                count += 1
-    return count
 
 
 @pytest.fixture

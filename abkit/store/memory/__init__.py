@@ -82,6 +82,9 @@ class MemoryExperiments:
     def list(self) -> list[ExperimentRecord]:
         return [self._s.experiments[k] for k in sorted(self._s.experiments)]
 
+    def revisions(self) -> builtins.list[tuple[str, int]]:
+        return [(k, self._s.experiments[k].revision) for k in sorted(self._s.experiments)]
+
     def save(self, record: ExperimentRecord, *, expected_revision: int | None) -> ExperimentRecord:
         key = record.experiment.key
         current = self._s.experiments.get(key)

@@ -17,76 +17,29 @@ with the control model. Tracking never throws either; it returns False and logs.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any
 
 import grpc
-from opentelemetry.propagate import inject
 
+from abkit.client.common import (
+    AttributeValue,
+    ClientAssignment,
+    TrackEvent,
+    attribute_message,
+    call_metadata,
+    describe,
+    open_channel,
+)
 from abkit.core.model import Reason
 from abkit.rpc.convert import REASON_FROM_PROTO
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc
 
-log = logging.getLogger(__name__)
-
-AttributeValue = str | int | float | bool
-
-
-@dataclass(frozen=True, slots=True)
-class ClientAssignment:
-    """What to serve: route on ``model_version``. ``error`` is set when the default was used."""
-
-    experiment_key: str
-    arm_key: str
-    model_version: str
-    reason: Reason
-    in_experiment: bool
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TrackEvent:
-    unit_id: str
-    metric: str
-    value: float = 1.0
-    occurred_at: datetime | None = None
-    event_id: str = ""
-
-
-def _service_config(retries: int) -> str:
-    return json.dumps(
-        {
-            "methodConfig": [
-                {
-                    "name": [{"service": "abkit.v1.AssignmentService"}],
-                    "retryPolicy": {
-                        "maxAttempts": retries + 1,
-                        "initialBackoff": "0.01s",
-                        "maxBackoff": "0.2s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ]
-        }
-    )
-
-
-def _attribute(value: AttributeValue) -> Any:
-    if isinstance(value, bool):  # before int: bool is an int
-        return pb.AttributeValue(bool_value=value)
-    if isinstance(value, int | float):
-        return pb.AttributeValue(number_value=float(value))
-    if isinstance(value, str):
-        return pb.AttributeValue(string_value=value)
-    raise TypeError(f"attribute values are str, int, float or bool, got {type(value).__name__}")
+log = logging.getLogger("abkit.client")
 
 
 class Client:
@@ -101,31 +54,19 @@ class Client:
         certificate_chain: bytes | None = None,
         private_key: bytes | None = None,
     ) -> None:
-        options = [
-            ("grpc.enable_retries", 1),
-            ("grpc.service_config", _service_config(retries)),
-            ("grpc.keepalive_time_ms", 30_000),
-        ]
-        if root_certificates is not None or certificate_chain is not None:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=root_certificates,
-                private_key=private_key,
-                certificate_chain=certificate_chain,
-            )
-            self._channel = grpc.secure_channel(target, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
+        self._channel = open_channel(
+            target,
+            retries=retries,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+        )
         self._stub = pb_grpc.AssignmentServiceStub(self._channel)
         self._timeout = timeout
         self._token = token
 
     def _metadata(self) -> list[tuple[str, str]]:
-        carrier: dict[str, str] = {}
-        inject(carrier)
-        metadata = list(carrier.items())
-        if self._token:
-            metadata.append(("authorization", f"Bearer {self._token}"))
-        return metadata
+        return call_metadata(self._token)
 
     # -- assignment ------------------------------------------------------------------------------
 
@@ -156,7 +97,7 @@ class Client:
         try:
             request = pb.AssignRequest(
                 unit_id=unit_id,
-                attributes={k: _attribute(v) for k, v in (attributes or {}).items()},
+                attributes={k: attribute_message(v) for k, v in (attributes or {}).items()},
                 experiment_keys=list(defaults),
             )
             reply = self._stub.Assign(request, timeout=self._timeout, metadata=self._metadata())
@@ -175,7 +116,7 @@ class Client:
                 raise LookupError(f"the server did not answer for {missing}")
             return answers
         except (grpc.RpcError, TypeError, ValueError, LookupError) as exc:
-            reason = _describe(exc)
+            reason = describe(exc)
             log.warning(
                 "abkit assign failed for %s (%s); serving the defaults", list(defaults), reason
             )
@@ -219,7 +160,7 @@ class Client:
             )
             return True
         except (grpc.RpcError, TypeError, ValueError) as exc:
-            log.warning("abkit track failed for %d events (%s)", len(events), _describe(exc))
+            log.warning("abkit track failed for %d events (%s)", len(events), describe(exc))
             return False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -237,11 +178,3 @@ class Client:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.RpcError):
-        code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else ""
-        return f"{code.name if code else 'UNKNOWN'}: {details}"
-    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,661 @@
+"""``abkit.client.LocalClient``: assignment inside the caller's process, from a streamed config.
+
+:class:`~abkit.client.Client` makes a gRPC call per assignment. ``LocalClient`` holds the
+experiment config instead -- the server pushes it over ``WatchConfig`` on connect and after
+every change (:mod:`abkit.rpc.config_feed`) -- and assigns with the same pure core as the
+server (:mod:`abkit.core.assignment`), so it gives the same answers and reasons for a few
+microseconds and no network. What the server still has to know travels in the background:
+
+* **exposures** of randomized units (reason ``SPLIT``), deduplicated per unit and experiment in
+  a bounded memory (:class:`~abkit.core.recent.RecentKeys`), with the time and the caller's
+  OpenTelemetry trace of the assignment, sent in batches by ``LogExposures``;
+* **events** (``track``), stamped and given an id when tracked, sent by ``TrackBatch``.
+
+A sender thread sends them every ``flush_interval``; a batch the server cannot take now
+(UNAVAILABLE, a deadline) is retried with back-off, in order, until it is; a batch it refuses
+(INVALID_ARGUMENT: say, an experiment deleted meanwhile) is split to find the refused rows,
+which are dropped, counted and logged. The queues are bounded (``max_queued`` rows each; beyond
+it new rows are dropped and counted -- the caller is never blocked). They are flushed by
+:meth:`LocalClient.close`, at interpreter exit and on SIGTERM.
+
+Never throws on evaluation: no config yet (the server could not be reached since start), an
+unknown experiment, an invalid unit id or attribute -> the caller's default with reason
+``ERROR`` and the reason why in ``error``. When the stream is down the client keeps serving the
+last config it had, however old; :meth:`LocalClient.status` and the OpenTelemetry gauges
+``abkit.client.config.age`` / ``abkit.client.config.stale`` say how old it is (stale: no word
+from a server for more than ``stale_after`` seconds). A config that fails its checks
+(:mod:`abkit.rpc.config_wire`) is refused and the last good one kept; ``status()`` says why.
+
+Thread-safe without locks on the assignment path; every method but :meth:`close` and
+:meth:`flush` returns at once, so it can be called from an asyncio loop (``await
+client.aclose()`` to close from one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import random
+import signal
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import FrameType, TracebackType
+from typing import Any
+
+import grpc
+from opentelemetry import metrics
+from opentelemetry.trace import get_current_span
+
+from abkit.client.common import (
+    AttributeValue,
+    ClientAssignment,
+    TrackEvent,
+    call_metadata,
+    describe,
+    open_channel,
+)
+from abkit.core.assignment import Assignment, Catalog, CompiledExperiment
+from abkit.core.limits import (
+    MAX_BATCH,
+    MAX_UNIT_ID_BYTES,
+    check_attributes,
+    check_event_id,
+    check_metric,
+    check_unit_id,
+    check_value,
+)
+from abkit.core.model import Reason
+from abkit.core.recent import RecentKeys
+from abkit.errors import ValidationError
+from abkit.rpc.config_wire import FORMAT, ConfigRejected, read_update
+from abkit.v1 import assignment_pb2 as pb
+from abkit.v1 import assignment_pb2_grpc as pb_grpc
+
+log = logging.getLogger("abkit.client")
+
+_NO_ATTRIBUTES: Mapping[str, AttributeValue] = {}
+_PERMANENT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND})
+"""Refusals a retry cannot change: the refused rows are dropped (and counted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalClientStatus:
+    """What a :class:`LocalClient` holds and how its background work goes."""
+
+    connected: bool
+    """A config stream is open."""
+    checksum: str
+    """Of the config being served ("" before the first)."""
+    experiments: int
+    config_age_seconds: float | None
+    """Since a server last confirmed the config (an update or a heartbeat); None: never."""
+    stale: bool
+    """No word from a server for more than ``stale_after``: the last config is still served."""
+    stream_error: str | None
+    """Why the last config stream failed, while it is down."""
+    rejected_configs: int
+    last_rejection: str | None
+    """Why the last refused config was refused (the client kept the one before)."""
+    exposures_queued: int
+    exposures_sent: int
+    exposures_dropped: int
+    """Not queued because the queue was full, or refused by the server."""
+    events_queued: int
+    events_sent: int
+    events_dropped: int
+
+
+class _Config:
+    """One config being served: its compiled experiments and the answers built from them."""
+
+    __slots__ = ("answers", "catalog", "checksum", "experiments")
+
+    def __init__(self, catalog: Catalog, checksum: str) -> None:
+        self.catalog = catalog
+        self.checksum = checksum
+        self.experiments: dict[str, CompiledExperiment] = {c.key: c for c in catalog.resolve(())}
+        # id(core answer) -> the client's answer: core answers are prebuilt per experiment,
+        # arm and reason, and live as long as this config, so ids are stable.
+        self.answers: dict[int, ClientAssignment] = {}
+
+    def answer(self, a: Assignment) -> ClientAssignment:
+        answer = self.answers.get(id(a))
+        if answer is None:
+            answer = self.answers[id(a)] = ClientAssignment(
+                a.experiment_key, a.arm_key, a.model_version, a.reason, a.in_experiment
+            )
+        return answer
+
+
+class _Queue:
+    """Rows waiting to be sent: bounded, appended by callers, drained by the sender."""
+
+    __slots__ = ("dropped", "items", "limit", "sent")
+
+    def __init__(self, limit: int) -> None:
+        self.items: deque[Any] = deque()
+        self.limit = limit
+        self.sent = 0
+        self.dropped = 0
+
+
+class LocalClient:
+    """Assign locally from the streamed config; same surface and answers as ``Client``."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 5.0,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        flush_interval: float = 0.1,
+        max_queued: int = 100_000,
+        recent_exposures: int = 200_000,
+        stale_after: float = 30.0,
+        handle_sigterm: bool = True,
+        on_config: Callable[[str], None] | None = None,
+    ) -> None:
+        """``timeout`` bounds each background call (sending a batch); ``on_config(checksum)``
+        is called from the stream's thread after each new config is in service."""
+        # A channel of its own (not shared with other channels to the same target), so that
+        # clients spread over the processes of a multi-process server.
+        self._channel = open_channel(
+            target,
+            retries=2,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+            options=(("grpc.use_local_subchannel_pool", 1),),
+        )
+        self._stub = pb_grpc.AssignmentServiceStub(self._channel)
+        self._token = token
+        self._timeout = timeout
+        self._flush_interval = flush_interval
+        self._stale_after = stale_after
+        self._listeners: list[Callable[[str], None]] = [on_config] if on_config else []
+        self._config: _Config | None = None
+        self._confirmed_at: float | None = None
+        self._connected = False
+        self._stream_error: str | None = None
+        self._rejected = 0
+        self._last_rejection: str | None = None
+        self._call: Any = None
+        self._logged = RecentKeys(recent_exposures)
+        self._exposures = _Queue(max_queued)
+        self._events = _Queue(max_queued)
+        self._closed = False
+        self._stopping = threading.Event()
+        self._kick = threading.Event()
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        self._ready = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="abkit-config", daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name="abkit-sender", daemon=True)
+        self._watcher.start()
+        self._sender.start()
+        _register(self, handle_sigterm)
+        _observe(self)
+
+    # -- assignment ------------------------------------------------------------------------------
+
+    def assign(
+        self,
+        unit_id: str,
+        experiment_key: str,
+        *,
+        default: str,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> ClientAssignment:
+        """The model version ``unit_id`` should get in ``experiment_key``; never raises."""
+        config = self._config
+        try:
+            if config is None or self._closed:
+                raise LookupError(_unavailable(self))
+            compiled = config.experiments.get(experiment_key)
+            if compiled is None:
+                raise LookupError(_unknown(experiment_key))
+            if not (
+                type(unit_id) is str
+                and 0 < len(unit_id) <= MAX_UNIT_ID_BYTES
+                and unit_id.isascii()
+                and unit_id.isprintable()
+            ):
+                check_unit_id(unit_id)
+            if attributes:
+                check_attributes(attributes)
+            else:
+                attributes = _NO_ATTRIBUTES
+            a = compiled.assign(unit_id, attributes)
+            if a.in_experiment and self._logged.first((experiment_key, unit_id)):
+                queue = self._exposures
+                if len(queue.items) < queue.limit:
+                    ids = get_current_span().get_span_context()
+                    # Strings and ints only: the tuple is soon untracked by the garbage
+                    # collector, so a long queue does not slow every collection down (the
+                    # answer object in it would).
+                    queue.items.append(
+                        (
+                            experiment_key,
+                            a.arm_key,
+                            a.model_version,
+                            a.config_checksum,
+                            unit_id,
+                            time.time_ns(),
+                            ids.trace_id,
+                            ids.span_id,
+                        )
+                    )
+                else:
+                    queue.dropped += 1
+            return config.answers.get(id(a)) or config.answer(a)
+        except Exception as exc:  # noqa: BLE001 -- evaluation never throws
+            return _default(experiment_key, default, exc)
+
+    def assign_many(
+        self,
+        unit_id: str,
+        defaults: Mapping[str, str],
+        *,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> dict[str, ClientAssignment]:
+        """One assignment per experiment in ``defaults`` (key -> default version); never raises."""
+        return {
+            key: self.assign(unit_id, key, default=default, attributes=attributes)
+            for key, default in defaults.items()
+        }
+
+    # -- tracking --------------------------------------------------------------------------------
+
+    def track(
+        self,
+        unit_id: str,
+        metric: str,
+        value: float = 1.0,
+        *,
+        occurred_at: datetime | None = None,
+        event_id: str = "",
+    ) -> bool:
+        """Queue one KPI event (sent in the background); False, and logged, when it is invalid
+        or the queue is full. Never raises."""
+        return self.track_many([TrackEvent(unit_id, metric, value, occurred_at, event_id)])
+
+    def track_many(self, events: Sequence[TrackEvent]) -> bool:
+        """Queue a batch, all or nothing; False, and logged, when one is invalid. Never raises."""
+        try:
+            if self._closed:
+                raise LookupError("the client is closed")
+            now = datetime.now(UTC)
+            requests = [_track_request(e, now, f"events[{i}].") for i, e in enumerate(events)]
+            queue = self._events
+            if len(queue.items) + len(requests) > queue.limit:
+                queue.dropped += len(requests)
+                raise LookupError(f"the event queue is full ({queue.limit} events unsent)")
+            queue.items.extend(requests)
+            return True
+        except Exception as exc:  # noqa: BLE001 -- tracking never throws
+            log.warning("abkit track refused %d events (%s)", len(events), describe(exc))
+            return False
+
+    # -- the config stream -----------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(checksum)`` (from the stream's thread) after each new config."""
+        self._listeners.append(listener)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until a config is in service (or ``timeout``); True when one is."""
+        return self._ready.wait(timeout)
+
+    def _watch(self) -> None:
+        delay = 0.05
+        while not self._stopping.is_set():
+            try:
+                held = self._config.checksum if self._config is not None else ""
+                call = self._stub.WatchConfig(
+                    pb.WatchConfigRequest(known_checksum=held),
+                    metadata=call_metadata(self._token),
+                )
+                self._call = call
+                if self._stopping.is_set():
+                    call.cancel()
+                for update in call:
+                    self._connected = True
+                    self._stream_error = None
+                    delay = 0.05
+                    if not self._receive(update):
+                        call.cancel()  # out of step with the server: resume from scratch
+                        break
+                else:
+                    self._stream_error = "the server ended the stream (shutting down)"
+            except grpc.RpcError as exc:
+                if self._stopping.is_set():
+                    break
+                self._stream_error = describe(exc)
+                log.debug("abkit config stream failed: %s", self._stream_error)
+            except Exception as exc:
+                self._stream_error = describe(exc)
+                log.exception("abkit config stream failed")
+            self._connected = False
+            # Jittered back-off: a restarted server is not hit by every client at once.
+            self._stopping.wait(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+    def _receive(self, update: Any) -> bool:
+        """Take one message; False when it asks for a resume from scratch."""
+        config = self._config
+        if not update.full and update.format == FORMAT:
+            if config is not None and update.checksum == config.checksum:
+                self._confirmed_at = time.monotonic()
+                return True
+            self._reject(
+                f"checksum: a heartbeat names config {update.checksum[:12]!r}, this client "
+                f"holds {config.checksum[:12] if config else 'none'!r}"
+            )
+            return False
+        try:
+            catalog = Catalog(read_update(update))
+        except (ConfigRejected, ValidationError) as exc:
+            self._reject(str(exc))
+            return True
+        self._config = _Config(catalog, update.checksum)
+        self._confirmed_at = time.monotonic()
+        self._ready.set()
+        for listener in tuple(self._listeners):
+            try:
+                listener(update.checksum)
+            except Exception:  # the caller's callback must not end the stream
+                log.exception("abkit: a config listener failed")
+        return True
+
+    def _reject(self, why: str) -> None:
+        self._rejected += 1
+        self._last_rejection = why
+        log.warning("abkit refused a config from the server, keeping the last good one: %s", why)
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        backoff = 0.0
+        while True:
+            stopping = self._stopping.is_set()
+            self._kick.wait(max(self._flush_interval, backoff))
+            self._kick.clear()
+            ok = self._send(self._exposures, _exposure_batch, self._stub.LogExposures)
+            ok = self._send(self._events, _event_batch, self._stub.TrackBatch) and ok
+            backoff = 0.0 if ok else min(max(backoff * 2, 0.1), 5.0)
+            with self._idle:
+                self._idle.notify_all()
+            if stopping:
+                return
+
+    def _send(
+        self, queue: _Queue, build: Callable[[list[Any]], Any], method: Callable[..., Any]
+    ) -> bool:
+        """Send what is queued, in batches, oldest first; False when the server is away (what
+        could not be sent stays at the head of the queue)."""
+        items = queue.items
+        while items:
+            self._in_flight = size = min(len(items), MAX_BATCH)  # before popping: see flush()
+            batch = [items.popleft() for _ in range(size)]
+            try:
+                queue.sent += self._deliver(batch, build, method, queue)
+            except grpc.RpcError as exc:
+                items.extendleft(reversed(batch))
+                log.debug("abkit: %d rows wait for the server (%s)", len(batch), describe(exc))
+                return False
+            finally:
+                self._in_flight = 0
+        return True
+
+    def _deliver(
+        self,
+        batch: list[Any],
+        build: Callable[[list[Any]], Any],
+        method: Callable[..., Any],
+        queue: _Queue,
+    ) -> int:
+        """Rows sent; rows refused for good are dropped here. Raises for a retryable failure."""
+        try:
+            method(build(batch), timeout=self._timeout, metadata=call_metadata(self._token))
+            return len(batch)
+        except grpc.RpcError as exc:
+            if exc.code() not in _PERMANENT:
+                raise
+            if len(batch) == 1:
+                queue.dropped += 1
+                log.error("abkit: the server refused a row for good, dropped: %s", describe(exc))
+                return 0
+        half = len(batch) // 2  # find the refused rows by halves
+        return self._deliver(batch[:half], build, method, queue) + self._deliver(
+            batch[half:], build, method, queue
+        )
+
+    def _pending(self) -> int:
+        return len(self._exposures.items) + len(self._events.items) + self._in_flight
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Send everything queued now; True when nothing is left within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._sender.is_alive():
+                    return False
+                self._kick.set()
+                self._idle.wait(min(remaining, 0.05))
+        return True
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def status(self) -> LocalClientStatus:
+        config = self._config
+        confirmed = self._confirmed_at
+        age = None if confirmed is None else time.monotonic() - confirmed
+        return LocalClientStatus(
+            connected=self._connected,
+            checksum=config.checksum if config is not None else "",
+            experiments=len(config.experiments) if config is not None else 0,
+            config_age_seconds=age,
+            stale=age is None or age > self._stale_after,
+            stream_error=None if self._connected else self._stream_error,
+            rejected_configs=self._rejected,
+            last_rejection=self._last_rejection,
+            exposures_queued=len(self._exposures.items),
+            exposures_sent=self._exposures.sent,
+            exposures_dropped=self._exposures.dropped,
+            events_queued=len(self._events.items),
+            events_sent=self._events.sent,
+            events_dropped=self._events.dropped,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Stop assigning, send what is queued (up to ``timeout``), close the channel. True
+        when everything queued was sent."""
+        if self._closed:
+            return True
+        self._closed = True
+        flushed = self.flush(timeout)
+        self._stopping.set()
+        self._kick.set()
+        if self._call is not None:
+            self._call.cancel()
+        self._sender.join(timeout)
+        self._watcher.join(timeout)
+        self._channel.close()
+        _OPEN.discard(self)
+        if not flushed:
+            log.error(
+                "abkit: closed with %d exposures and %d events unsent (server unreachable)",
+                len(self._exposures.items),
+                len(self._events.items),
+            )
+        return flushed
+
+    async def aclose(self, timeout: float = 5.0) -> bool:
+        """:meth:`close` without blocking the event loop."""
+        return await asyncio.to_thread(self.close, timeout)
+
+    def __enter__(self) -> LocalClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _default(key: str, default: str, exc: BaseException) -> ClientAssignment:
+    reason = exc.args[0] if isinstance(exc, LookupError) and exc.args else describe(exc)
+    return ClientAssignment(key, "", default, Reason.ERROR, False, str(reason))
+
+
+def _unavailable(client: LocalClient) -> str:
+    if client._closed:
+        return "the client is closed"
+    why = client._stream_error or "connecting"
+    return f"no experiment config yet ({why}); serving the default"
+
+
+def _unknown(key: str) -> str:
+    return f"NOT_FOUND: experiment {key!r} is not in the config this client holds"
+
+
+def _track_request(event: TrackEvent, now: datetime, where: str) -> Any:
+    check_unit_id(event.unit_id, f"{where}unit_id")
+    check_metric(event.metric, f"{where}metric")
+    value = check_value(event.value, f"{where}value")
+    occurred_at = now if event.occurred_at is None else event.occurred_at
+    if occurred_at.tzinfo is None:
+        raise ValidationError(f"{where}occurred_at", "must carry a time zone")
+    event_id = (
+        check_event_id(event.event_id, f"{where}event_id")
+        if event.event_id
+        else os.urandom(16).hex()
+    )
+    request = pb.TrackRequest(
+        unit_id=event.unit_id, metric=event.metric, value=value, event_id=event_id
+    )
+    request.occurred_at.FromDatetime(occurred_at)
+    return request
+
+
+def _exposure_batch(rows: list[Any]) -> Any:
+    request = pb.LogExposuresRequest()
+    add = request.exposures.add
+    for key, arm, version, checksum, unit_id, at_ns, trace_id, span_id in rows:
+        e = add(
+            experiment_key=key,
+            unit_id=unit_id,
+            arm_key=arm,
+            model_version=version,
+            config_checksum=checksum,
+            trace_id=f"{trace_id:032x}" if trace_id else "",
+            span_id=f"{span_id:016x}" if span_id else "",
+        )
+        e.exposed_at.FromNanoseconds(at_ns)
+    return request
+
+
+def _event_batch(rows: list[Any]) -> Any:
+    return pb.TrackBatchRequest(events=rows)
+
+
+# -- process exit and SIGTERM: flush every open client ---------------------------------------------
+
+_OPEN: weakref.WeakSet[LocalClient] = weakref.WeakSet()
+_EXIT_TIMEOUT = 5.0
+_hooks_installed = False
+_previous_sigterm: Any = None
+
+
+def _register(client: LocalClient, handle_sigterm: bool) -> None:
+    global _hooks_installed, _previous_sigterm
+    _OPEN.add(client)
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_close_all)
+    if handle_sigterm and threading.current_thread() is threading.main_thread():
+        _previous_sigterm = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _close_all() -> None:
+    for client in list(_OPEN):
+        client.close(_EXIT_TIMEOUT)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Send what every client queued, then do what SIGTERM did before (by default: exit)."""
+    for client in list(_OPEN):
+        client.flush(_EXIT_TIMEOUT)
+    previous = _previous_sigterm
+    if callable(previous):
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+_WATCHED: weakref.WeakSet[LocalClient] = weakref.WeakSet()
+_gauges_created = False
+
+
+def _observe(client: LocalClient) -> None:
+    """``abkit.client.config.age`` (s), ``abkit.client.config.stale`` (0/1) and
+    ``abkit.client.queued`` (rows) through the caller's OpenTelemetry meter provider."""
+    global _gauges_created
+    _WATCHED.add(client)
+    if _gauges_created:
+        return
+    _gauges_created = True
+    meter = metrics.get_meter("abkit.client")
+
+    def age(options: metrics.CallbackOptions) -> list[metrics.Observation]:
+        statuses = [c.status() for c in list(_WATCHED)]
+        return [
+            metrics.Observation(s.config_age_seconds)
+            for s in statuses
+            if s.config_age_seconds is not None
+        ]
+
+    def stale(options: metrics.CallbackOptions) -> list[metrics.Observation]:
+        return [metrics.Observation(int(c.status().stale)) for c in list(_WATCHED)]
+
+    def queued(options: metrics.CallbackOptions) -> list[metrics.Observation]:
+        return [
+            metrics.Observation(s.exposures_queued + s.events_queued)
+            for s in (c.status() for c in list(_WATCHED))
+        ]
+
+    meter.create_observable_gauge(
+        "abkit.client.config.age", [age], unit="s", description="Age of the served config"
+    )
+    meter.create_observable_gauge(
+        "abkit.client.config.stale",
+        [stale],
+        description="1 while the served config has not been confirmed for stale_after seconds",
+    )
+    meter.create_observable_gauge(
+        "abkit.client.queued", [queued], description="Exposures and events not yet sent"
+    )

@@ -1,0 +1,746 @@
+"""abkit.client.LocalClient against real servers: streamed config, local answers equal to the
+server's, exposures and events sent in the background, outages, hostile config on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy import text
+
+from abkit.client import Client, LocalClient
+from abkit.config import Settings
+from abkit.core.model import ExperimentStatus, Reason
+from abkit.core.spec import experiment_from_dict
+from abkit.infra.telemetry import Telemetry
+from abkit.rpc import config_wire
+from abkit.rpc.server import GrpcServer, build_server
+from abkit.runtime import Runtime
+from abkit.store.sql import SqlStore
+from abkit.v1 import assignment_pb2 as pb
+from abkit.v1 import assignment_pb2_grpc as pb_grpc
+from tests.helpers import EXPERIMENT
+from tests.serving import ROOT, abkit_process, children, established
+
+KEY = EXPERIMENT["key"]
+VECTORS = json.loads((ROOT / "tests" / "fixtures" / "hash_vectors.json").read_text())
+
+
+def _serve(url: str, **settings: Any) -> tuple[GrpcServer, Runtime]:
+    config = Settings(
+        database_url=url,
+        writer_flush_seconds=0.02,
+        config_refresh_seconds=0.05,
+        config_heartbeat_seconds=0.5,
+        **settings,
+    )
+    runtime = Runtime(config, SqlStore.from_url(url))
+    runtime.start()
+    server = build_server(config, runtime, Telemetry(TracerProvider()), address="127.0.0.1:0")
+    server.start()
+    return server, runtime
+
+
+@pytest.fixture
+def served(sqlite_url: str) -> Iterator[tuple[GrpcServer, Runtime]]:
+    server, runtime = _serve(sqlite_url)
+    runtime.experiments.apply(experiment_from_dict(EXPERIMENT), actor="t", start=True)
+    runtime.config.refresh()  # in service before any client connects
+    yield server, runtime
+    server.stop(grace=1)
+    runtime.close()
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _exposures(store: SqlStore, key: str = KEY) -> dict[str, Any]:
+    query = text("SELECT unit_id, arm_key, trace_id FROM exposures WHERE experiment_key = :key")
+    with store.engine.connect() as conn:
+        return {row.unit_id: row for row in conn.execute(query, {"key": key})}
+
+
+def _stored(runtime: Runtime, key: str = KEY) -> dict[str, Any]:
+    assert runtime.flush(10)
+    assert isinstance(runtime.store, SqlStore)
+    return _exposures(runtime.store, key)
+
+
+# -- answers ---------------------------------------------------------------------------------------
+
+
+def test_assigns_like_the_server_and_sends_exposures_with_the_callers_trace(
+    served: tuple[GrpcServer, Runtime],
+) -> None:
+    server, runtime = served
+    tracer = TracerProvider().get_tracer("caller")
+    with LocalClient(server.address) as local, Client(server.address, timeout=5) as remote:
+        assert local.wait_ready(10)
+        units = [f"user-{i}" for i in range(200)]
+        with tracer.start_as_current_span("request") as span:
+            answers = [local.assign(u, KEY, default="ranker-v1") for u in units]
+        assert local.flush(10)
+        assert local.status().exposures_sent == 200
+        assert [remote.assign(u, KEY, default="x") for u in units] == answers
+        assert {a.reason for a in answers} == {Reason.SPLIT}
+        assert {a.model_version for a in answers} == {"ranker-v1", "ranker-v2"}
+    stored = _stored(runtime)
+    assert set(stored) == set(units)
+    trace_id = f"{span.get_span_context().trace_id:032x}"
+    for unit, answer in zip(units, answers, strict=True):
+        # The local client's exposure is stored (the remote client's Assign is a duplicate).
+        assert stored[unit].arm_key == answer.arm_key
+        assert stored[unit].trace_id == trace_id
+
+
+def test_an_exposure_is_sent_once_per_unit_and_experiment(
+    served: tuple[GrpcServer, Runtime],
+) -> None:
+    server, runtime = served
+    with LocalClient(server.address) as local:
+        assert local.wait_ready(10)
+        for _ in range(5):
+            for i in range(50):
+                local.assign(f"user-{i}", KEY, default="ranker-v1")
+        assert local.flush(10)
+        assert local.status().exposures_sent == 50
+    assert len(_stored(runtime)) == 50
+
+
+def test_errors_serve_the_default_and_never_raise(served: tuple[GrpcServer, Runtime]) -> None:
+    server, _ = served
+    with LocalClient(server.address) as local:
+        assert local.wait_ready(10)
+        for unit, key, attributes, why in [
+            ("user-1", "missing", None, "not in the config"),
+            ("", KEY, None, "unit_id"),
+            ("x" * 300, KEY, None, "unit_id"),
+            ("user-1", KEY, {"n": float("nan")}, "finite"),
+            (None, KEY, None, "unit_id"),
+        ]:
+            answer = local.assign(unit, key, default="ranker-v1", attributes=attributes)  # type: ignore[arg-type]
+            assert answer.reason is Reason.ERROR and answer.model_version == "ranker-v1"
+            assert answer.error is not None and why in answer.error
+        assert not local.track("user-1", "Bad Metric")
+        assert not local.track("user-1", "conversion", float("inf"))
+    closed = local.assign("user-1", KEY, default="ranker-v1")
+    assert closed.reason is Reason.ERROR and "closed" in (closed.error or "")
+
+
+def test_no_server_at_start_serves_the_default_with_reason_error() -> None:
+    with socket_port() as port, LocalClient(f"127.0.0.1:{port}") as local:
+        answer = local.assign("user-1", KEY, default="ranker-v1")
+        assert answer.reason is Reason.ERROR and answer.model_version == "ranker-v1"
+        assert "no experiment config yet" in (answer.error or "")
+        status = local.status()
+        assert status.stale and status.config_age_seconds is None and not status.connected
+
+
+class socket_port:
+    """A port nothing listens on (bound and closed)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_usable_from_asyncio_without_blocking_the_loop(served: tuple[GrpcServer, Runtime]) -> None:
+    server, runtime = served
+
+    async def main() -> tuple[str, float, bool]:
+        local = LocalClient(server.address)
+        await asyncio.to_thread(local.wait_ready, 10)
+        answer = local.assign("async-user", KEY, default="ranker-v1")
+        assert local.track("async-user", "conversion")
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        task = asyncio.create_task(ticker())
+        started = time.monotonic()
+        closed = await local.aclose()
+        task.cancel()
+        return answer.reason.value, time.monotonic() - started, closed and ticks > 0
+
+    reason, _, ok = asyncio.run(main())
+    assert reason == "SPLIT" and ok
+    assert "async-user" in _stored(runtime)
+    with runtime.store.engine.connect() as conn:  # type: ignore[attr-defined]
+        query = text("SELECT count(*) FROM events WHERE unit_id = 'async-user'")
+        assert conn.execute(query).scalar() == 1
+
+
+# -- parity ----------------------------------------------------------------------------------------
+
+PARITY = [
+    {"key": "layer-a", "layer": {"key": "ranking", "start": 0.0, "end": 0.5},
+     "arms": [{"key": "control", "model_version": "a1", "weight": 0.5, "control": True},
+              {"key": "treatment", "model_version": "a2", "weight": 0.5}]},
+    {"key": "layer-b", "layer": {"key": "ranking", "start": 0.5, "end": 1.0},
+     "arms": [{"key": "control", "model_version": "b1", "weight": 0.2, "control": True},
+              {"key": "t1", "model_version": "b2", "weight": 0.3},
+              {"key": "t2", "model_version": "b3", "weight": 0.5}]},
+    {"key": "held", "holdout": {"key": "global", "fraction": 0.1},
+     "targeting": {"attr": "country", "in": ["US", "CA"]},
+     "overrides": {"unit-7": "treatment", "unit-70": "control"},
+     "arms": [{"key": "control", "model_version": "h1", "weight": 0.5, "control": True},
+              {"key": "treatment", "model_version": "h2", "weight": 0.5}]},
+    {"key": "ramped", "coverage": 0.2, "salt": "ramp-salt",
+     "arms": [{"key": "control", "model_version": "r1", "weight": 0.5, "control": True},
+              {"key": "treatment", "model_version": "r2", "weight": 0.5}]},
+    {"key": "done", "targeting": {"attr": "country", "in": ["US"]},
+     "arms": [{"key": "control", "model_version": "d1", "weight": 0.5, "control": True},
+              {"key": "treatment", "model_version": "d2", "weight": 0.5}]},
+    {"key": "paused",
+     "arms": [{"key": "control", "model_version": "p1", "weight": 0.5, "control": True},
+              {"key": "treatment", "model_version": "p2", "weight": 0.5}]},
+]  # fmt: skip
+COUNTRIES = ("US", "CA", "FR", None)
+
+
+def _attributes(i: int) -> dict[str, str]:
+    country = COUNTRIES[i % len(COUNTRIES)]
+    return {} if country is None else {"country": country}
+
+
+def _remote_answers(
+    stub: Any, units: list[str], keys: list[str]
+) -> list[list[tuple[str, str, str, int, bool]]]:
+    out = []
+    for start in range(0, len(units), 1000):
+        requests = [
+            pb.AssignRequest(
+                unit_id=u,
+                experiment_keys=keys,
+                attributes={
+                    k: pb.AttributeValue(string_value=v) for k, v in _attributes(start + n).items()
+                },
+            )
+            for n, u in enumerate(units[start : start + 1000])
+        ]
+        reply = stub.AssignBatch(pb.AssignBatchRequest(requests=requests), timeout=60)
+        for r in reply.responses:
+            out.append(
+                [(a.experiment_key, a.arm_key, a.model_version, a.reason, a.in_experiment)
+                 for a in r.assignments]
+            )  # fmt: skip
+    return out
+
+
+def _local_answers(
+    local: LocalClient, units: list[str], keys: list[str]
+) -> list[list[tuple[str, str, str, int, bool]]]:
+    reasons = {r: getattr(pb, f"REASON_{r.value}") for r in Reason}
+    out = []
+    defaults = dict.fromkeys(keys, "default")
+    for i, u in enumerate(units):
+        answers = local.assign_many(u, defaults, attributes=_attributes(i))
+        out.append(
+            [(a.experiment_key, a.arm_key, a.model_version, reasons[a.reason], a.in_experiment)
+             for a in answers.values()]
+        )  # fmt: skip
+    return out
+
+
+def test_parity_with_the_server_over_100k_units(sqlite_url: str) -> None:
+    server, runtime = _serve(sqlite_url, exposure_durability="async")
+    try:
+        for doc in PARITY:
+            runtime.experiments.apply(
+                experiment_from_dict(doc), actor="t", start=doc["key"] != "paused"
+            )
+        runtime.decisions.promote("done", "treatment", actor="t")
+        keys = [d["key"] for d in PARITY]
+        units = [f"unit-{i}" for i in range(100_000)]
+        checksums: list[str] = []
+        with (
+            LocalClient(server.address, on_config=checksums.append) as local,
+            grpc.insecure_channel(server.address) as channel,
+        ):
+            stub = pb_grpc.AssignmentServiceStub(channel)
+            _wait(lambda: local.status().experiments == len(PARITY))
+            _wait(lambda: _concluded(local, "done"))
+            remote = _remote_answers(stub, units, keys)
+            assert _local_answers(local, units, keys) == remote
+            reasons = {a[3] for answers in remote for a in answers}
+            assert reasons >= {pb.REASON_SPLIT, pb.REASON_OVERRIDE, pb.REASON_HOLDOUT,
+                               pb.REASON_NOT_IN_LAYER, pb.REASON_NOT_IN_COVERAGE,
+                               pb.REASON_TARGETING_MISS, pb.REASON_CONCLUDED,
+                               pb.REASON_EXPERIMENT_NOT_RUNNING}  # fmt: skip
+            # Ramp coverage up: the stream brings the new config, answers still agree.
+            ramped = dict(PARITY[3], coverage=0.6)
+            seen = len(checksums)
+            runtime.experiments.apply(experiment_from_dict(ramped), actor="t")
+            _wait(lambda: len(checksums) > seen)
+            sample = units[:20_000]
+            assert _local_answers(local, sample, keys) == _remote_answers(stub, sample, keys)
+    finally:
+        server.stop(grace=1)
+        runtime.close()
+
+
+def _concluded(local: LocalClient, key: str) -> bool:
+    answer = local.assign("probe", key, default="x", attributes={"country": "US"})
+    return answer.reason is Reason.CONCLUDED
+
+
+def test_hash_vectors_pass_through_the_client(sqlite_url: str) -> None:
+    server, runtime = _serve(sqlite_url)
+    try:
+        for doc in VECTORS["experiments"]:
+            runtime.experiments.apply(experiment_from_dict(doc), actor="t", start=True)
+        with LocalClient(server.address) as local:
+            _wait(lambda: local.status().experiments == len(VECTORS["experiments"]))
+            for case in VECTORS["assignments"]:
+                answer = local.assign(
+                    case["unit_id"], case["experiment"], default="x", attributes=case["attributes"]
+                )
+                assert (answer.arm_key, answer.model_version, answer.reason.value) == (
+                    case["arm_key"],
+                    case["model_version"],
+                    case["reason"],
+                ), case
+    finally:
+        server.stop(grace=1)
+        runtime.close()
+
+
+# -- propagation: 200 clients, 2 server processes, the CLI's promote ----------------------------
+
+
+def _propagation(url: str, spool: Path, clients: int = 200) -> list[float]:
+    """Seconds from the promotion's commit (its audit time, stamped before the commit) until
+    each client serves the rollout arm."""
+    setup = SqlStore.from_url(url)
+    setup_runtime = Runtime(Settings(database_url=url), setup)
+    setup_runtime.experiments.apply(experiment_from_dict(EXPERIMENT), actor="t", start=True)
+    env = {
+        "ABKIT_DATABASE_URL": url,
+        "ABKIT_SPOOL_DIR": str(spool),
+        "ABKIT_CONFIG_STREAMS": "200",
+        "ABKIT_CONFIG_REFRESH_SECONDS": "0.25",
+    }
+    proc = abkit_process(["grpc", "--address", "127.0.0.1:0", "--processes", "2"], env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "listening" in line, proc.communicate(timeout=30)
+    port = int(line.split("(port ", 1)[1].split(",")[0].rstrip(")\n"))
+    seen: dict[int, float] = {}
+    lock = threading.Lock()
+    local: list[LocalClient] = []
+    try:
+
+        def watcher(n: int) -> Callable[[str], None]:
+            def on_config(checksum: str) -> None:
+                if n < len(local) and _concluded(local[n], KEY):
+                    with lock:
+                        seen.setdefault(n, time.time())
+
+            return on_config
+
+        for n in range(clients):
+            local.append(LocalClient(f"127.0.0.1:{port}", on_config=watcher(n)))
+        for c in local:
+            assert c.wait_ready(30)
+        per_process = [established(pid, port) for pid in children(proc.pid)]
+        assert len(per_process) == 2 and min(per_process) > 0 and sum(per_process) >= clients
+        promote = abkit_process(
+            ["experiment", "promote", KEY, "candidate", "--reason", "propagation"],
+            {"ABKIT_DATABASE_URL": url},
+        )
+        _, err = promote.communicate(timeout=60)
+        assert promote.returncode == 0, err
+        _wait(lambda: len(seen) == clients, timeout=30)
+        with setup.transaction() as tx:
+            decided = next(d for d in tx.decisions.list(KEY) if d.action == "promote")
+        committed = decided.decided_at.timestamp()
+        return sorted(t - committed for t in seen.values())
+    finally:
+        with futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda c: c.close(1), local))
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        setup_runtime.close()
+
+
+def test_a_promotion_reaches_200_clients_of_2_server_processes_within_a_second(
+    sql_url: str, tmp_path: Path
+) -> None:
+    delays = _propagation(sql_url, tmp_path / "spool")
+    p99 = delays[int(0.99 * (len(delays) - 1))]
+    logging.getLogger(__name__).warning(
+        "propagation to %d clients: p50 %.3f s, p99 %.3f s, max %.3f s",
+        len(delays),
+        delays[len(delays) // 2],
+        p99,
+        delays[-1],
+    )
+    assert delays[0] >= 0  # nobody saw it before the commit
+    assert p99 <= 1.0
+
+
+# -- outages -----------------------------------------------------------------------------------
+
+
+def test_server_killed_and_restarted_clients_keep_serving_catch_up_and_lose_nothing(
+    pg_url: str, tmp_path: Path
+) -> None:
+    store = SqlStore.from_url(pg_url)
+    runtime = Runtime(Settings(database_url=pg_url), store)
+    runtime.experiments.apply(experiment_from_dict(EXPERIMENT), actor="t", start=True)
+    with socket_port() as port:
+        pass
+    env = {"ABKIT_DATABASE_URL": pg_url, "ABKIT_SPOOL_DIR": str(tmp_path / "spool")}
+    address = f"127.0.0.1:{port}"
+
+    def start() -> Any:
+        proc = abkit_process(["grpc", "--address", address], env)
+        assert proc.stdout is not None
+        assert "listening" in proc.stdout.readline(), proc.communicate(timeout=30)
+        return proc
+
+    proc = start()
+    local = LocalClient(address, timeout=2)
+    try:
+        assert local.wait_ready(30)
+        before = [local.assign(f"before-{i}", KEY, default="ranker-v1") for i in range(500)]
+        assert local.flush(10)
+        proc.kill()
+        proc.communicate(timeout=30)
+        _wait(lambda: not local.status().connected)
+        # Down: the last config is served, exposures queue up.
+        during = [local.assign(f"during-{i}", KEY, default="ranker-v1") for i in range(500)]
+        assert {a.reason for a in before + during} == {Reason.SPLIT}
+        assert local.status().exposures_queued == 500
+        assert local.status().stream_error
+        runtime.experiments.pause(KEY, actor="t")  # changed while the server is away
+        proc = start()
+        _wait(lambda: local.assign("before-0", KEY, default="x").reason
+              is Reason.EXPERIMENT_NOT_RUNNING, timeout=30)  # fmt: skip
+        assert local.status().connected
+    finally:
+        assert local.close(30)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    status = local.status()
+    assert status.exposures_dropped == 0 and status.exposures_sent == 1000
+    stored = set(_exposures(store))
+    assert stored == {f"before-{i}" for i in range(500)} | {f"during-{i}" for i in range(500)}
+    runtime.close()
+
+
+SIGTERM_SCRIPT = """
+import sys, time
+from abkit.client import LocalClient
+client = LocalClient(sys.argv[1], flush_interval=3600)  # only an exit hook sends
+assert client.wait_ready(30)
+for i in range(300):
+    client.assign(f"{sys.argv[2]}-{i}", "ranker-v2", default="ranker-v1")
+client.track(f"{sys.argv[2]}-0", "conversion", event_id=f"{sys.argv[2]}-event")
+print("queued", client.status().exposures_queued, flush=True)
+if sys.argv[2] == "term":
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("how", ["term", "exit"])
+def test_sigterm_and_interpreter_exit_flush_the_queues(
+    served: tuple[GrpcServer, Runtime], how: str
+) -> None:
+    server, runtime = served
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(SIGTERM_SCRIPT), server.address, how],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "queued 300", proc.communicate(timeout=30)
+    if how == "term":
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (-signal.SIGTERM if how == "term" else 0), err
+    stored = _stored(runtime)
+    assert {u for u in stored if u.startswith(how)} == {f"{how}-{i}" for i in range(300)}
+    with runtime.store.transaction() as tx:
+        assert tx.events.get(f"{how}-event") is not None
+
+
+def test_a_row_the_server_refuses_is_dropped_alone(served: tuple[GrpcServer, Runtime]) -> None:
+    server, runtime = served
+    with LocalClient(server.address, flush_interval=3600) as local:
+        assert local.wait_ready(10)
+        for i in range(10):
+            local.assign(f"user-{i}", KEY, default="ranker-v1")
+        assert local.track(
+            "user-1", "conversion", occurred_at=datetime.now(UTC) + timedelta(days=2)
+        )
+        assert local.track("user-2", "conversion", event_id="fine-event")
+        assert local.flush(10)
+        status = local.status()
+        assert (status.exposures_sent, status.events_sent, status.events_dropped) == (10, 1, 1)
+    assert len(_stored(runtime)) == 10
+    with runtime.store.transaction() as tx:
+        assert tx.events.get("fine-event") is not None
+
+
+# -- the wire: LogExposures, stream limits, authentication ------------------------------------
+
+
+def test_log_exposures_refuses_what_the_config_does_not_allow(
+    served: tuple[GrpcServer, Runtime],
+) -> None:
+    server, runtime = served
+    now = datetime.now(UTC)
+
+    def record(**changes: Any) -> Any:
+        fields = {
+            "experiment_key": KEY,
+            "unit_id": "u-1",
+            "arm_key": "candidate",
+            "model_version": "ranker-v2",
+            "config_checksum": "c",
+        } | changes
+        at = fields.pop("exposed_at", now)
+        e = pb.ExposureRecord(**fields)
+        if at is not None:
+            e.exposed_at.FromDatetime(at)
+        return e
+
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.AssignmentServiceStub(channel)
+        for bad, field in [
+            (record(experiment_key="nope"), "exposures[1].experiment_key"),
+            (record(arm_key="other"), "exposures[1].arm_key"),
+            (record(model_version="ranker-v9"), "exposures[1].arm_key"),
+            (record(unit_id=""), "exposures[1].unit_id"),
+            (record(exposed_at=now + timedelta(hours=2)), "exposures[1].exposed_at"),
+            (record(exposed_at=None), "exposures[1].exposed_at"),
+            (record(trace_id="xyz"), "exposures[1].trace_id"),
+        ]:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.LogExposures(
+                    pb.LogExposuresRequest(exposures=[record(unit_id="fine"), bad]), timeout=5
+                )
+            assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert field in (info.value.details() or "")
+        assert "fine" not in _stored(runtime)  # all validated before any is stored
+        reply = stub.LogExposures(pb.LogExposuresRequest(exposures=[record()]), timeout=5)
+        assert reply.accepted == 1
+    assert _stored(runtime)["u-1"].arm_key == "candidate"
+
+
+def test_streams_beyond_the_limit_are_refused_and_unary_calls_still_answer(
+    sqlite_url: str,
+) -> None:
+    server, runtime = _serve(sqlite_url, config_streams=2)
+    runtime.experiments.apply(experiment_from_dict(EXPERIMENT), actor="t", start=True)
+    runtime.config.refresh()
+    try:
+        clients = [LocalClient(server.address) for _ in range(2)]
+        for c in clients:
+            assert c.wait_ready(10)
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.AssignmentServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                next(iter(stub.WatchConfig(pb.WatchConfigRequest(), timeout=5)))
+            assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert stub.Assign(pb.AssignRequest(unit_id="u"), timeout=5).assignments
+        for c in clients:
+            c.close()
+    finally:
+        server.stop(grace=1)
+        runtime.close()
+
+
+def test_a_current_client_resumes_with_a_heartbeat(served: tuple[GrpcServer, Runtime]) -> None:
+    server, _ = served
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.AssignmentServiceStub(channel)
+        call = stub.WatchConfig(pb.WatchConfigRequest(), timeout=10)
+        first = next(call)
+        call.cancel()
+        assert first.full and len(first.experiments) == 1
+        resumed = stub.WatchConfig(pb.WatchConfigRequest(known_checksum=first.checksum), timeout=10)
+        again = next(resumed)
+        resumed.cancel()
+        assert not again.full and again.checksum == first.checksum and not again.experiments
+
+
+def test_the_stream_and_log_exposures_need_the_token(sqlite_url: str) -> None:
+    server, runtime = _serve(sqlite_url, api_token="s3cret")
+    runtime.experiments.apply(experiment_from_dict(EXPERIMENT), actor="t", start=True)
+    runtime.config.refresh()
+    try:
+        with LocalClient(server.address) as anonymous:
+            _wait(lambda: anonymous.status().stream_error is not None)
+            assert "UNAUTHENTICATED" in (anonymous.status().stream_error or "")
+            assert anonymous.assign("u", KEY, default="d").reason is Reason.ERROR
+        with LocalClient(server.address, token="s3cret") as local:
+            assert local.wait_ready(10)
+            assert local.assign("u", KEY, default="d").reason is Reason.SPLIT
+            assert local.flush(10) and local.status().exposures_sent == 1
+    finally:
+        server.stop(grace=1)
+        runtime.close()
+
+
+# -- hostile config on the wire --------------------------------------------------------------------
+
+
+class _Hostile(pb_grpc.AssignmentServiceServicer):
+    """A server of some other kind: sends whatever the test queues, one message at a time."""
+
+    def __init__(self) -> None:
+        self.queue: list[Any] = []
+        self.cond = threading.Condition()
+        self.calls = 0
+
+    def send(self, message: Any) -> None:
+        with self.cond:
+            self.queue.append(message)
+            self.cond.notify_all()
+
+    def LogExposures(self, request: Any, context: Any) -> Any:
+        return pb.LogExposuresResponse(accepted=len(request.exposures))
+
+    def WatchConfig(self, request: Any, context: Any) -> Iterator[Any]:
+        with self.cond:
+            self.calls += 1
+            me = self.calls  # only the latest stream sends: an abandoned one must not take
+        while context.is_active():  # a message meant for the client's new stream
+            with self.cond:
+                self.cond.wait_for(lambda: bool(self.queue) or me != self.calls, timeout=0.2)
+                if me != self.calls:
+                    return
+                message = self.queue.pop(0) if self.queue else None
+            if message is not None:
+                yield message
+
+
+def _good_update(version: str = "ranker-v2") -> Any:
+    doc = json.loads(json.dumps(EXPERIMENT))
+    doc["arms"][1]["model_version"] = version
+    return config_wire.full_update([experiment_from_dict(doc, status=ExperimentStatus.RUNNING)])
+
+
+def test_hostile_config_keeps_the_last_good_one_and_says_why() -> None:
+    hostile = _Hostile()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_AssignmentServiceServicer_to_server(hostile, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    good = _good_update()
+    try:
+        with LocalClient(f"127.0.0.1:{port}") as local:
+            hostile.send(good)
+            assert local.wait_ready(10)
+            unit = next(
+                f"u{i}"
+                for i in range(100)
+                if local.assign(f"u{i}", KEY, default="x").arm_key == "candidate"
+            )
+
+            def newer_format() -> Any:
+                u = _good_update("ranker-v3")
+                u.format = 2
+                return u
+
+            def missing_arms() -> Any:
+                u = _good_update("ranker-v3")
+                del u.experiments[0].arms[:]
+                return u
+
+            def missing_model_version() -> Any:
+                u = _good_update("ranker-v3")
+                u.experiments[0].arms[1].model_version = ""
+                return u
+
+            def unknown_status() -> Any:
+                u = _good_update("ranker-v3")
+                u.experiments[0].status = 42  # an enum value of a newer server
+                return u
+
+            def lost_salt() -> Any:  # another version's field this client does not read
+                u = _good_update("ranker-v3")
+                u.experiments[0].salt = "a-salt-the-checksum-did-not-cover"
+                return u
+
+            def wrong_checksum() -> Any:
+                u = _good_update("ranker-v3")
+                u.checksum = "0" * 64
+                return u
+
+            def stray_heartbeat() -> Any:
+                return config_wire.heartbeat("f" * 64)
+
+            cases = [
+                (newer_format, "format"),
+                (missing_arms, "arms"),
+                (missing_model_version, "model_version"),
+                (unknown_status, "status"),
+                (lost_salt, "config_checksum"),
+                (wrong_checksum, "checksum"),
+                (stray_heartbeat, "heartbeat"),
+            ]
+            for n, (make, why) in enumerate(cases, start=1):
+                hostile.send(make())
+                _wait(lambda n=n: local.status().rejected_configs == n)  # type: ignore[misc]
+                assert why in (local.status().last_rejection or ""), local.status()
+                answer = local.assign(unit, KEY, default="x")
+                assert (answer.model_version, answer.reason) == ("ranker-v2", Reason.SPLIT)
+            # The stray heartbeat made the client resume on a new stream; a good config on it is
+            # taken.
+            _wait(lambda: hostile.calls == 2)
+            hostile.send(_good_update("ranker-v4"))
+            _wait(lambda: local.assign(unit, KEY, default="x").model_version == "ranker-v4")
+    finally:
+        server.stop(0)
+
+
+def test_config_wire_round_trips_every_field() -> None:
+    experiments = [experiment_from_dict(doc) for doc in PARITY if doc["key"] != "done"] + [
+        experiment_from_dict(PARITY[4])
+    ]
+    update = config_wire.full_update(experiments)
+    again = config_wire.read_update(pb.ConfigUpdate.FromString(update.SerializeToString()))
+    assert [e.key for e in again] == [e.key for e in experiments]
+    for a, b in zip(again, experiments, strict=True):
+        assert (a.arms, a.salt, a.coverage, a.layer, a.holdout, a.targeting, dict(a.overrides),
+                a.status, a.rollout_arm, a.model) == (
+                b.arms, b.salt, b.coverage, b.layer, b.holdout, b.targeting, dict(b.overrides),
+                b.status, b.rollout_arm, b.model)  # fmt: skip
+    shuffled = list(experiments)
+    random.Random(1).shuffle(shuffled)
+    assert config_wire.full_update(shuffled).checksum == update.checksum
