@@ -76,6 +76,7 @@ bench-tools: $(BENCH_VENV)/.installed-stamp $(LOADGEN)
 bench: install bench-tools
 	$(BIN)/python tests/benchmarks/bench_assign.py
 	$(BIN)/python tests/benchmarks/bench_peers.py
+	$(BIN)/python tests/benchmarks/bench_local_client.py
 	$(BIN)/python tests/benchmarks/bench_grpc.py
 	$(BIN)/python tests/benchmarks/bench_journal.py
 	$(BIN)/python tests/benchmarks/bench_async_loss.py

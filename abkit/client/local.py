@@ -224,40 +224,8 @@ class LocalClient:
             compiled = config.experiments.get(experiment_key)
             if compiled is None:
                 raise LookupError(_unknown(experiment_key))
-            if not (
-                type(unit_id) is str
-                and 0 < len(unit_id) <= MAX_UNIT_ID_BYTES
-                and unit_id.isascii()
-                and unit_id.isprintable()
-            ):
-                check_unit_id(unit_id)
-            if attributes:
-                check_attributes(attributes)
-            else:
-                attributes = _NO_ATTRIBUTES
-            a = compiled.assign(unit_id, attributes)
-            if a.in_experiment and self._logged.first((experiment_key, unit_id)):
-                queue = self._exposures
-                if len(queue.items) < queue.limit:
-                    ids = get_current_span().get_span_context()
-                    # Strings and ints only: the tuple is soon untracked by the garbage
-                    # collector, so a long queue does not slow every collection down (the
-                    # answer object in it would).
-                    queue.items.append(
-                        (
-                            experiment_key,
-                            a.arm_key,
-                            a.model_version,
-                            a.config_checksum,
-                            unit_id,
-                            time.time_ns(),
-                            ids.trace_id,
-                            ids.span_id,
-                        )
-                    )
-                else:
-                    queue.dropped += 1
-            return config.answers.get(id(a)) or config.answer(a)
+            _check_unit(unit_id, attributes)
+            return self._assign(config, compiled, unit_id, attributes or _NO_ATTRIBUTES)
         except Exception as exc:  # noqa: BLE001 -- evaluation never throws
             return _default(experiment_key, default, exc)
 
@@ -268,11 +236,55 @@ class LocalClient:
         *,
         attributes: Mapping[str, AttributeValue] | None = None,
     ) -> dict[str, ClientAssignment]:
-        """One assignment per experiment in ``defaults`` (key -> default version); never raises."""
-        return {
-            key: self.assign(unit_id, key, default=default, attributes=attributes)
-            for key, default in defaults.items()
-        }
+        """One assignment per experiment in ``defaults`` (key -> default version); never raises.
+
+        Like the server's ``Assign`` of several keys: the unit is checked once, and one unknown
+        key makes every answer the caller's default (reason ``ERROR``)."""
+        config = self._config
+        try:
+            if config is None or self._closed:
+                raise LookupError(_unavailable(self))
+            known = config.experiments
+            missing = [k for k in defaults if k not in known]
+            if missing:
+                raise LookupError(_unknown(missing[0]))
+            _check_unit(unit_id, attributes)
+            values = attributes or _NO_ATTRIBUTES
+            assign = self._assign
+            return {key: assign(config, known[key], unit_id, values) for key in defaults}
+        except Exception as exc:  # noqa: BLE001 -- evaluation never throws
+            return {key: _default(key, default, exc) for key, default in defaults.items()}
+
+    def _assign(
+        self,
+        config: _Config,
+        compiled: CompiledExperiment,
+        unit_id: str,
+        attributes: Mapping[str, AttributeValue],
+    ) -> ClientAssignment:
+        """Assign a checked unit; queue its exposure the first time it is randomized."""
+        a = compiled.assign(unit_id, attributes)
+        if a.in_experiment and self._logged.first((a.experiment_key, unit_id)):
+            queue = self._exposures
+            if len(queue.items) < queue.limit:
+                ids = get_current_span().get_span_context()
+                # Strings and ints only: the tuple is soon untracked by the garbage collector,
+                # so a long queue does not slow every collection down (an answer object would).
+                queue.items.append(
+                    (
+                        a.experiment_key,
+                        a.arm_key,
+                        a.model_version,
+                        a.config_checksum,
+                        unit_id,
+                        time.time_ns(),
+                        ids.trace_id,
+                        ids.span_id,
+                    )
+                )
+            else:
+                queue.dropped += 1
+        return config.answers.get(id(a)) or config.answer(a)
 
     # -- tracking --------------------------------------------------------------------------------
 
@@ -527,6 +539,19 @@ def _default(key: str, default: str, exc: BaseException) -> ClientAssignment:
     return ClientAssignment(key, "", default, Reason.ERROR, False, str(reason))
 
 
+def _check_unit(unit_id: str, attributes: Mapping[str, AttributeValue] | None) -> None:
+    """The server's checks of a unit and its attributes (the common case without a call)."""
+    if not (
+        type(unit_id) is str
+        and 0 < len(unit_id) <= MAX_UNIT_ID_BYTES
+        and unit_id.isascii()
+        and unit_id.isprintable()
+    ):
+        check_unit_id(unit_id)
+    if attributes:
+        check_attributes(attributes)
+
+
 def _unavailable(client: LocalClient) -> str:
     if client._closed:
         return "the client is closed"
@@ -558,19 +583,26 @@ def _track_request(event: TrackEvent, now: datetime, where: str) -> Any:
 
 
 def _exposure_batch(rows: list[Any]) -> Any:
+    """Rows grouped by the answer they share, each group's columns filled in one call."""
+    groups: dict[tuple[str, str, str, str], list[Any]] = {}
+    for row in rows:
+        head = row[:4]
+        group = groups.get(head)
+        if group is None:
+            groups[head] = [row]
+        else:
+            group.append(row)
     request = pb.LogExposuresRequest()
-    add = request.exposures.add
-    for key, arm, version, checksum, unit_id, at_ns, trace_id, span_id in rows:
-        e = add(
-            experiment_key=key,
-            unit_id=unit_id,
-            arm_key=arm,
-            model_version=version,
-            config_checksum=checksum,
-            trace_id=f"{trace_id:032x}" if trace_id else "",
-            span_id=f"{span_id:016x}" if span_id else "",
+    for (key, arm, version, checksum), members in groups.items():
+        _, _, _, _, units, times, traces, spans = zip(*members, strict=True)
+        group = request.groups.add(
+            experiment_key=key, arm_key=arm, model_version=version, config_checksum=checksum
         )
-        e.exposed_at.FromNanoseconds(at_ns)
+        group.unit_ids.extend(units)
+        group.exposed_at_unix_nanos.extend(times)
+        if any(traces):
+            group.trace_ids.extend([f"{t:032x}" if t else "" for t in traces])
+            group.span_ids.extend([f"{s:016x}" if s else "" for s in spans])
     return request
 
 

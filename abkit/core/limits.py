@@ -79,9 +79,38 @@ def check_event_id(event_id: object, field: str = "event_id") -> str:
     return event_id
 
 
+def _plainly_valid(attributes: Mapping[str, AttributeValue]) -> bool:
+    """The common case, decided cheaply (this runs for every assignment that has attributes):
+    printable ASCII names of an acceptable length, strings short enough in any encoding,
+    booleans, integers and finite floats. False sends the mapping to the full check."""
+    if len(attributes) > MAX_ATTRIBUTES:
+        return False
+    for name, value in attributes.items():
+        if not (
+            type(name) is str
+            and 0 < len(name) <= MAX_ATTRIBUTE_NAME_LENGTH
+            and name.isascii()
+            and name.isprintable()
+        ):
+            return False
+        kind = type(value)
+        if kind is str:
+            # 4 bytes per character at most: short strings cannot exceed the limit.
+            if len(value) * 4 > MAX_ATTRIBUTE_STRING_BYTES:  # type: ignore[arg-type]
+                return False
+        elif kind is float:
+            if value - value != 0.0:  # type: ignore[operator] # NaN and infinities
+                return False
+        elif kind is not bool and kind is not int:
+            return False
+    return True
+
+
 def check_attributes(
     attributes: Mapping[str, AttributeValue], field: str = "attributes"
 ) -> Mapping[str, AttributeValue]:
+    if _plainly_valid(attributes):
+        return attributes
     if len(attributes) > MAX_ATTRIBUTES:
         raise ValidationError(field, f"at most {MAX_ATTRIBUTES} attributes, got {len(attributes)}")
     for name, value in attributes.items():

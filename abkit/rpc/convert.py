@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from abkit.core.assignment import Assignment
+from abkit.core.limits import MAX_BATCH
 from abkit.core.model import Event, Reason
 from abkit.core.targeting import AttributeValue
 from abkit.errors import ValidationError
@@ -178,21 +179,29 @@ def event_ids(events: list[Event]) -> list[str]:
 
 
 def exposure_inputs_from_proto(request: Any) -> list[ExposureInput]:
-    """The exposures of a ``LogExposuresRequest`` (times checked here: a missing one is named)."""
-    items = []
-    for i, e in enumerate(request.exposures):
-        if not e.HasField("exposed_at"):
-            raise ValidationError(f"exposures[{i}].exposed_at", "is required")
-        trace = TraceRef(e.trace_id, e.span_id) if e.trace_id or e.span_id else NO_TRACE
-        items.append(
-            ExposureInput(
-                e.experiment_key,
-                e.unit_id,
-                e.arm_key,
-                e.model_version,
-                e.config_checksum,
-                e.exposed_at.ToDatetime(tzinfo=UTC),
-                trace,
+    """The exposures of a ``LogExposuresRequest``, in order (``exposures[i]`` in errors counts
+    across groups); the parallel columns of each group are checked here."""
+    items: list[ExposureInput] = []
+    for g, group in enumerate(request.groups):
+        units, times = group.unit_ids, group.exposed_at_unix_nanos
+        traces, spans = group.trace_ids, group.span_ids
+        if len(times) != len(units):
+            raise ValidationError(
+                f"groups[{g}].exposed_at_unix_nanos",
+                f"has {len(times)} times for {len(units)} unit ids; give one per unit",
             )
-        )
+        for name, column in (("trace_ids", traces), ("span_ids", spans)):
+            if column and len(column) != len(units):
+                raise ValidationError(
+                    f"groups[{g}].{name}", f"has {len(column)} ids for {len(units)} unit ids"
+                )
+        if len(items) + len(units) > MAX_BATCH:
+            raise ValidationError("groups", f"at most {MAX_BATCH} exposures per call")
+        head = (group.experiment_key, group.arm_key, group.model_version, group.config_checksum)
+        for i, unit in enumerate(units):
+            trace = NO_TRACE
+            if traces or spans:
+                trace = TraceRef(traces[i] if traces else "", spans[i] if spans else "")
+            at = datetime.fromtimestamp(times[i] / 1e9, UTC)
+            items.append(ExposureInput(head[0], unit, head[1], head[2], head[3], at, trace))
     return items

@@ -222,31 +222,31 @@ class ConfigUpdate(_message.Message):
     experiments: _containers.RepeatedCompositeFieldContainer[ExperimentConfig]
     def __init__(self, format: _Optional[int] = ..., checksum: _Optional[str] = ..., full: _Optional[bool] = ..., experiments: _Optional[_Iterable[_Union[ExperimentConfig, _Mapping]]] = ...) -> None: ...
 
-class ExposureRecord(_message.Message):
-    __slots__ = ("experiment_key", "unit_id", "arm_key", "model_version", "config_checksum", "exposed_at", "trace_id", "span_id")
+class ExposureGroup(_message.Message):
+    __slots__ = ("experiment_key", "arm_key", "model_version", "config_checksum", "unit_ids", "exposed_at_unix_nanos", "trace_ids", "span_ids")
     EXPERIMENT_KEY_FIELD_NUMBER: _ClassVar[int]
-    UNIT_ID_FIELD_NUMBER: _ClassVar[int]
     ARM_KEY_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONFIG_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
-    EXPOSED_AT_FIELD_NUMBER: _ClassVar[int]
-    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
-    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIT_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXPOSED_AT_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_IDS_FIELD_NUMBER: _ClassVar[int]
+    SPAN_IDS_FIELD_NUMBER: _ClassVar[int]
     experiment_key: str
-    unit_id: str
     arm_key: str
     model_version: str
     config_checksum: str
-    exposed_at: _timestamp_pb2.Timestamp
-    trace_id: str
-    span_id: str
-    def __init__(self, experiment_key: _Optional[str] = ..., unit_id: _Optional[str] = ..., arm_key: _Optional[str] = ..., model_version: _Optional[str] = ..., config_checksum: _Optional[str] = ..., exposed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ...) -> None: ...
+    unit_ids: _containers.RepeatedScalarFieldContainer[str]
+    exposed_at_unix_nanos: _containers.RepeatedScalarFieldContainer[int]
+    trace_ids: _containers.RepeatedScalarFieldContainer[str]
+    span_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, experiment_key: _Optional[str] = ..., arm_key: _Optional[str] = ..., model_version: _Optional[str] = ..., config_checksum: _Optional[str] = ..., unit_ids: _Optional[_Iterable[str]] = ..., exposed_at_unix_nanos: _Optional[_Iterable[int]] = ..., trace_ids: _Optional[_Iterable[str]] = ..., span_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LogExposuresRequest(_message.Message):
-    __slots__ = ("exposures",)
-    EXPOSURES_FIELD_NUMBER: _ClassVar[int]
-    exposures: _containers.RepeatedCompositeFieldContainer[ExposureRecord]
-    def __init__(self, exposures: _Optional[_Iterable[_Union[ExposureRecord, _Mapping]]] = ...) -> None: ...
+    __slots__ = ("groups",)
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.RepeatedCompositeFieldContainer[ExposureGroup]
+    def __init__(self, groups: _Optional[_Iterable[_Union[ExposureGroup, _Mapping]]] = ...) -> None: ...
 
 class LogExposuresResponse(_message.Message):
     __slots__ = ("accepted",)

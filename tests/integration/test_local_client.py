@@ -524,39 +524,40 @@ def test_log_exposures_refuses_what_the_config_does_not_allow(
     server, runtime = served
     now = datetime.now(UTC)
 
-    def record(**changes: Any) -> Any:
+    def group(**changes: Any) -> Any:
         fields = {
             "experiment_key": KEY,
-            "unit_id": "u-1",
+            "unit_ids": ["u-1"],
             "arm_key": "candidate",
             "model_version": "ranker-v2",
             "config_checksum": "c",
+            "exposed_at_unix_nanos": [int(now.timestamp() * 1e9)],
         } | changes
-        at = fields.pop("exposed_at", now)
-        e = pb.ExposureRecord(**fields)
-        if at is not None:
-            e.exposed_at.FromDatetime(at)
-        return e
+        return pb.ExposureGroup(**fields)
 
+    later = int((now + timedelta(hours=2)).timestamp() * 1e9)
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.AssignmentServiceStub(channel)
         for bad, field in [
-            (record(experiment_key="nope"), "exposures[1].experiment_key"),
-            (record(arm_key="other"), "exposures[1].arm_key"),
-            (record(model_version="ranker-v9"), "exposures[1].arm_key"),
-            (record(unit_id=""), "exposures[1].unit_id"),
-            (record(exposed_at=now + timedelta(hours=2)), "exposures[1].exposed_at"),
-            (record(exposed_at=None), "exposures[1].exposed_at"),
-            (record(trace_id="xyz"), "exposures[1].trace_id"),
-        ]:
+            (group(experiment_key="nope"), "exposures[1].experiment_key"),
+            (group(arm_key="other"), "exposures[1].arm_key"),
+            (group(model_version="ranker-v9"), "exposures[1].arm_key"),
+            (group(unit_ids=[""]), "exposures[1].unit_id"),
+            (group(exposed_at_unix_nanos=[later]), "exposures[1].exposed_at"),
+            (group(exposed_at_unix_nanos=[]), "groups[1].exposed_at_unix_nanos"),
+            (group(trace_ids=["xyz"], span_ids=[""]), "exposures[1].trace_id"),
+            (group(trace_ids=["a" * 32, "b" * 32]), "groups[1].trace_ids"),
+            (group(unit_ids=[f"u{i}" for i in range(1000)],
+                   exposed_at_unix_nanos=[0] * 1000), "groups"),
+        ]:  # fmt: skip
             with pytest.raises(grpc.RpcError) as info:
                 stub.LogExposures(
-                    pb.LogExposuresRequest(exposures=[record(unit_id="fine"), bad]), timeout=5
+                    pb.LogExposuresRequest(groups=[group(unit_ids=["fine"]), bad]), timeout=5
                 )
             assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             assert field in (info.value.details() or "")
         assert "fine" not in _stored(runtime)  # all validated before any is stored
-        reply = stub.LogExposures(pb.LogExposuresRequest(exposures=[record()]), timeout=5)
+        reply = stub.LogExposures(pb.LogExposuresRequest(groups=[group()]), timeout=5)
         assert reply.accepted == 1
     assert _stored(runtime)["u-1"].arm_key == "candidate"
 

@@ -1,0 +1,63 @@
+"""The request limits: the cheap common-case check of attributes agrees with the full one."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from abkit.core.limits import MAX_ATTRIBUTE_STRING_BYTES, _plainly_valid, check_attributes
+from abkit.errors import ValidationError
+
+values = st.one_of(
+    st.text(max_size=400),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.none(),
+    st.binary(max_size=4),
+)
+names = st.one_of(st.text(max_size=70), st.integers())
+attribute_maps = st.dictionaries(names, values, max_size=70)
+
+
+def _fully_valid(attributes: dict[object, object]) -> bool:
+    try:
+        check_attributes(attributes, "attributes")  # type: ignore[arg-type]
+    except (ValidationError, TypeError):
+        return False
+    return True
+
+
+@given(attribute_maps)
+def test_the_fast_path_never_accepts_what_the_full_check_refuses(attributes: dict) -> None:  # type: ignore[type-arg]
+    if _plainly_valid(attributes):
+        assert _fully_valid(attributes)
+
+
+@pytest.mark.parametrize(
+    ("attributes", "field"),
+    [
+        ({"n": math.nan}, "attributes['n']"),
+        ({"n": math.inf}, "attributes['n']"),
+        ({"s": "x" * (MAX_ATTRIBUTE_STRING_BYTES + 1)}, "attributes['s']"),
+        ({"s": "é" * (MAX_ATTRIBUTE_STRING_BYTES // 2 + 1)}, "attributes['s']"),
+        ({"": "x"}, "attributes['']"),
+        ({"a\nb": "x"}, "attributes['a\\nb']"),
+        ({f"k{i}": 1 for i in range(65)}, "attributes"),
+        ({"o": object()}, "attributes['o']"),
+    ],
+)
+def test_invalid_attributes_are_named(attributes: dict, field: str) -> None:  # type: ignore[type-arg]
+    assert not _plainly_valid(attributes)
+    with pytest.raises(ValidationError) as info:
+        check_attributes(attributes)
+    assert info.value.field == field
+
+
+def test_common_attributes_take_the_fast_path() -> None:
+    attributes = {"country": "US", "app_version": 130, "score": 0.5, "vip": True}
+    assert _plainly_valid(attributes)
+    assert check_attributes(attributes) is attributes
