@@ -43,13 +43,12 @@ VECTORS = json.loads((ROOT / "tests" / "fixtures" / "hash_vectors.json").read_te
 
 
 def _serve(url: str, **settings: Any) -> tuple[GrpcServer, Runtime]:
-    config = Settings(
-        database_url=url,
-        writer_flush_seconds=0.02,
-        config_refresh_seconds=0.05,
-        config_heartbeat_seconds=0.5,
-        **settings,
-    )
+    defaults: dict[str, Any] = {
+        "writer_flush_seconds": 0.02,
+        "config_refresh_seconds": 0.05,
+        "config_heartbeat_seconds": 0.5,
+    }
+    config = Settings(database_url=url, **(defaults | settings))
     runtime = Runtime(config, SqlStore.from_url(url))
     runtime.start()
     server = build_server(config, runtime, Telemetry(TracerProvider()), address="127.0.0.1:0")
@@ -745,3 +744,150 @@ def test_config_wire_round_trips_every_field() -> None:
     shuffled = list(experiments)
     random.Random(1).shuffle(shuffled)
     assert config_wire.full_update(shuffled).checksum == update.checksum
+
+
+# -- every kind of change, threads, the staleness metric ----------------------------------
+
+
+def test_every_kind_of_change_reaches_a_client_within_a_second(sql_url: str) -> None:
+    server, runtime = _serve(sql_url, config_refresh_seconds=0.25)
+    changes: list[float] = []
+    try:
+        with LocalClient(server.address, on_config=lambda _: changes.append(time.monotonic())) as c:
+            assert c.wait_ready(10)
+
+            def change(action: Callable[[], object], check: Callable[[], bool]) -> float:
+                seen = len(changes)
+                committed = time.monotonic()
+                action()  # returns once committed
+                _wait(lambda: len(changes) > seen and check(), timeout=5)
+                return changes[-1] - committed
+
+            def answer(unit: str = "user-1") -> Any:
+                return c.assign(unit, KEY, default="x", attributes={"country": "US"})
+
+            experiments, decisions = runtime.experiments, runtime.decisions
+            ramped = dict(EXPERIMENT, coverage=0.5)
+            delays = {
+                "apply": change(
+                    lambda: experiments.apply(experiment_from_dict(EXPERIMENT), actor="t"),
+                    lambda: answer().reason is Reason.EXPERIMENT_NOT_RUNNING,
+                ),
+                "start": change(
+                    lambda: experiments.start(KEY, actor="t"),
+                    lambda: answer().reason is Reason.SPLIT,
+                ),
+                "ramp": change(
+                    lambda: experiments.apply(experiment_from_dict(ramped), actor="t"),
+                    lambda: c.status().checksum != "" and _coverage(c) == 0.5,
+                ),
+                "pause": change(
+                    lambda: experiments.pause(KEY, actor="t"),
+                    lambda: answer().reason is Reason.EXPERIMENT_NOT_RUNNING,
+                ),
+                "resume": change(
+                    lambda: experiments.start(KEY, actor="t"),
+                    lambda: answer().reason is not Reason.EXPERIMENT_NOT_RUNNING,
+                ),
+                "promote": change(
+                    lambda: decisions.promote(KEY, "candidate", actor="t"),
+                    lambda: answer().model_version == "ranker-v2",
+                ),
+                "rollback": change(
+                    lambda: decisions.rollback(KEY, actor="t"),
+                    lambda: (
+                        answer().model_version == "ranker-v1"
+                        and answer().reason is Reason.CONCLUDED
+                    ),
+                ),
+            }
+    finally:
+        server.stop(grace=1)
+        runtime.close()
+    assert max(delays.values()) < 1.0, delays
+
+
+def _coverage(client: LocalClient) -> float:
+    config = client._config
+    assert config is not None
+    return config.catalog.get(KEY).experiment.coverage
+
+
+def test_threads_share_one_client_and_every_exposure_arrives(
+    served: tuple[GrpcServer, Runtime],
+) -> None:
+    server, runtime = served
+    errors: list[BaseException] = []
+    with LocalClient(server.address) as local:
+        assert local.wait_ready(10)
+
+        def caller(n: int) -> None:
+            try:
+                for i in range(3000):
+                    unit = f"t-{(n * 1000 + i) % 6000}"  # threads overlap: shared units
+                    answer = local.assign(unit, KEY, default="ranker-v1")
+                    assert answer.reason is Reason.SPLIT, answer
+                    if i % 100 == 0:
+                        assert local.track(unit, "conversion")
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert local.flush(30)
+        status = local.status()
+    assert errors == []
+    assert (status.exposures_dropped, status.events_sent) == (0, 8 * 30)
+    assert set(_stored(runtime)) == {f"t-{i}" for i in range(6000)}
+
+
+STALE_SCRIPT = """
+import sys, time
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+from abkit.client import LocalClient
+client = LocalClient(sys.argv[1], stale_after=0.5)
+assert client.wait_ready(30)
+print("ready", flush=True)
+sys.stdin.readline()  # the test stops the server, then writes a line
+time.sleep(1.0)
+answer = client.assign("user-1", "ranker-v2", default="x")
+values = {}
+for rm in reader.get_metrics_data().resource_metrics:
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            values[m.name] = [p.value for p in m.data.data_points]
+print(answer.reason.value, values["abkit.client.config.stale"], values["abkit.client.config.age"])
+client.close(0.1)
+"""
+
+
+def test_a_stale_config_is_served_and_says_so_in_a_metric(sqlite_url: str) -> None:
+    server, runtime = _serve(sqlite_url, config_heartbeat_seconds=0.2)
+    runtime.experiments.apply(experiment_from_dict(EXPERIMENT), actor="t", start=True)
+    runtime.config.refresh()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(STALE_SCRIPT), server.address],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.communicate(timeout=30)
+    finally:
+        server.stop(grace=0)
+        runtime.close()
+    out, err = proc.communicate("go\n", timeout=60)
+    reason, stale, age = out.strip().split(" ", 2)
+    assert reason == "SPLIT", err  # the last config, still served
+    assert stale == "[1]"
+    assert float(age.strip("[]")) > 0.5
