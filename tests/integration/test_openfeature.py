@@ -88,7 +88,7 @@ def test_evaluation_serves_the_model_version_with_arm_and_reason(
 
 
 def test_reasons_map_to_openfeatures(provider: tuple[AbkitProvider, Runtime]) -> None:
-    abkit, runtime = provider
+    _, runtime = provider
     client = api.get_client()
 
     def reason(unit: str, country: str | None = None, key: str = "targeted") -> object:
