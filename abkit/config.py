@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
+from abkit.core.aliases import check_alias_name
 from abkit.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -131,6 +132,20 @@ class Settings:
     always does before a decision that changes the allocation. A difference is a hold."""
     actor: str = ""
     """Who manual actions are audited as; defaults to the operating-system user name."""
+    mlflow_tracking_uri: str = ""
+    """The MLflow tracking server (``http://mlflow:5000``) whose Model Registry follows the
+    decisions: arms may name ``models:/<name>/<version>``, ``experiment apply`` checks those
+    versions exist, and a promotion or rollback moves the aliases below (through the outbox,
+    retried until done). Needs the ``mlflow`` extra. Empty: MLflow is left alone."""
+    mlflow_registry_uri: str = ""
+    """The model registry, when it is not the tracking server (MLflow's ``registry_uri``)."""
+    mlflow_champion_alias: str = "champion"
+    """The alias a promotion moves to the winning version."""
+    mlflow_previous_alias: str = "previous-champion"
+    """The alias the version a promotion replaces keeps, so it stays reachable."""
+    mlflow_retry_max_seconds: float = 300.0
+    """Longest wait between two attempts of a registry change while MLflow fails (the waits
+    double from 1 s)."""
     otel_traces_exporter: str = field(default="none", metadata={"env": "OTEL_TRACES_EXPORTER"})
     """The standard OpenTelemetry variable: ``none`` (default), ``console`` or ``otlp``
     (comma-separated). Every other ``OTEL_*`` variable is read by the SDK itself."""
@@ -212,6 +227,7 @@ class Settings:
             "worker_tick_seconds",
             "durability_timeout_seconds",
             "loader_ack_wait_seconds",
+            "mlflow_retry_max_seconds",
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -253,6 +269,12 @@ class Settings:
             )
         if not 0 <= self.metrics_port <= 65535:
             raise ValidationError("ABKIT_METRICS_PORT", "must be a port number (0 disables)")
+        check_alias_name("ABKIT_MLFLOW_CHAMPION_ALIAS", self.mlflow_champion_alias)
+        check_alias_name("ABKIT_MLFLOW_PREVIOUS_ALIAS", self.mlflow_previous_alias)
+        if self.mlflow_champion_alias == self.mlflow_previous_alias:
+            raise ValidationError(
+                "ABKIT_MLFLOW_PREVIOUS_ALIAS", "must differ from ABKIT_MLFLOW_CHAMPION_ALIAS"
+            )
 
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")

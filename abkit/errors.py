@@ -12,8 +12,10 @@ translates this tree exactly once (``raise ... from exc``)::
     ├── AuthenticationError     missing or wrong credentials
     ├── PermissionDeniedError   valid credentials, action not allowed
     └── StoreUnavailableError   the database cannot be reached
-        └── SchemaOutOfDateError  it answers, but its schema is missing or older than
-                                  this abkit (migrate it)
+        ├── SchemaOutOfDateError  it answers, but its schema is missing or older than
+        │                         this abkit (migrate it)
+        └── RegistryUnavailableError  the external model registry (MLflow) cannot be
+                                      reached, or fails; retry later
 
 At the edges:
 
@@ -77,3 +79,8 @@ class StoreUnavailableError(AbkitError):
 
 class SchemaOutOfDateError(StoreUnavailableError):
     """The store answers, but its schema is missing or older than this abkit."""
+
+
+class RegistryUnavailableError(StoreUnavailableError):
+    """The external model registry (MLflow) cannot be reached, or answers with an error that
+    may go away; the operation may succeed if retried later."""

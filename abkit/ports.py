@@ -287,6 +287,66 @@ class MaintainedStatistics(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A change to an external system that a decision makes, recorded in the decision's own
+    transaction and carried out afterwards, with retries, by a dispatcher
+    (:mod:`abkit.services.registry`); the row is deleted once the change is done.
+
+    ``key`` orders the items: those with the same key (the registered model) are carried out
+    one at a time, oldest first. ``observed`` is what the dispatcher saw in the external system
+    before its first write, stored once, so a retry computes the same writes.
+    """
+
+    experiment_key: str
+    decision_id: int
+    kind: str
+    key: str
+    intent: Mapping[str, Any]
+    created_at: datetime
+    next_attempt_at: datetime
+    attempts: int = 0
+    last_error: str | None = None
+    observed: Mapping[str, Any] | None = None
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
+    id: int | None = None
+
+
+class OutboxRepository(Protocol):
+    def add(self, item: OutboxItem) -> OutboxItem:
+        """Record a change to carry out; returns it with its id (ids grow with time)."""
+        ...
+
+    def pending(self, experiment_key: str | None = None) -> list[OutboxItem]:
+        """Every change not yet done (of one experiment), oldest first."""
+        ...
+
+    def claim(
+        self, item_id: int, *, owner: str, now: datetime, until: datetime
+    ) -> OutboxItem | None:
+        """Take the item for ``owner`` until ``until`` and count an attempt -- unless it is gone,
+        not due (``next_attempt_at`` after ``now``) or claimed by someone else until after
+        ``now``. The claimed item, or None."""
+        ...
+
+    def observe(self, item_id: int, *, owner: str, observed: Mapping[str, Any]) -> bool:
+        """Store what the external system looked like before any write, once; False when
+        ``owner`` no longer holds the claim (or it was stored already)."""
+        ...
+
+    def release(
+        self, item_id: int, *, owner: str, error: str, retry_at: datetime, now: datetime
+    ) -> bool:
+        """A failed attempt: give up the claim, keep ``error``, try again at ``retry_at``.
+        False when ``owner`` no longer holds the claim."""
+        ...
+
+    def remove(self, item_id: int, *, owner: str) -> bool:
+        """The change is done: delete it. False when ``owner`` no longer holds the claim."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
     """An operational action that is not about one experiment (erasure, retention)."""
 
@@ -332,6 +392,9 @@ class Transaction(Protocol):
     @property
     def audit(self) -> AuditLog: ...
 
+    @property
+    def outbox(self) -> OutboxRepository: ...
+
 
 class Store(Protocol):
     def transaction(self) -> AbstractContextManager[Transaction]:
@@ -362,6 +425,36 @@ class Recorder(Protocol):
         :class:`~abkit.errors.StoreUnavailableError` when they cannot be kept (full, closing,
         failed); the receipt tells when they are durable."""
         ...
+
+
+class ExternalModelRegistry(Protocol):
+    """A model registry outside abkit whose aliases follow abkit's decisions (MLflow's:
+    :mod:`abkit.infra.mlflow_registry`; its twin: :mod:`abkit.infra.registry_memory`).
+
+    Versions are named as in ``models:/<model>/<version>``. Every write is idempotent. Raises
+    :class:`~abkit.errors.RegistryUnavailableError` when the registry cannot be reached (or
+    answers with an error worth retrying) and :class:`~abkit.errors.NotFoundError` when a write
+    names a model or version it does not have.
+    """
+
+    @property
+    def location(self) -> str:
+        """Where it is, for messages (``MLflow at http://mlflow:5000``)."""
+        ...
+
+    def version_exists(self, model: str, version: str) -> bool: ...
+
+    def aliases(self, model: str) -> dict[str, str]:
+        """Every alias of the model and the version it points to (empty for an unknown model)."""
+        ...
+
+    def set_alias(self, model: str, alias: str, version: str) -> None: ...
+
+    def delete_alias(self, model: str, alias: str) -> None:
+        """Remove the alias (nothing happens if it is not set)."""
+        ...
+
+    def set_tag(self, model: str, version: str, key: str, value: str) -> None: ...
 
 
 class Clock(Protocol):

@@ -17,16 +17,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from abkit.config import Settings
+from abkit.core.aliases import AliasNames
 from abkit.core.hashing import pseudonym
 from abkit.infra.clock import SystemClock
 from abkit.infra.ingest import build_ingest
+from abkit.infra.mlflow_registry import open_registry
 from abkit.infra.notify import WebhookNotifier
-from abkit.ports import Clock, Store
+from abkit.infra.outbox import OutboxRunner
+from abkit.ports import Clock, ExternalModelRegistry, Store
 from abkit.services.assignment import AssignmentService, Durability
 from abkit.services.config import ConfigCache
 from abkit.services.decisions import DecisionService
 from abkit.services.experiments import ExperimentService
 from abkit.services.privacy import PrivacyService
+from abkit.services.registry import RegistrySync, VersionChecker
 from abkit.services.results import ResultsService
 from abkit.services.statistics import StatisticsService
 from abkit.store.sql import SqlStore
@@ -35,10 +39,35 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, settings: Settings, store: Store, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        clock: Clock | None = None,
+        *,
+        registry: ExternalModelRegistry | None = None,
+    ) -> None:
+        """``registry``: the external model registry, if not the one ``settings`` name
+        (``ABKIT_MLFLOW_TRACKING_URI``; tests pass a twin)."""
         self.settings = settings
         self.store = store
         self.clock = clock or SystemClock()
+        self.registry = registry if registry is not None else open_registry(settings)
+        self.registry_sync = RegistrySync(
+            store,
+            self.clock,
+            self.registry,
+            max_retry_seconds=settings.mlflow_retry_max_seconds,
+        )
+        self.outbox = OutboxRunner(
+            self.registry_sync.dispatch if self.registry is not None else None,
+            interval=settings.worker_tick_seconds,
+        )
+        aliases = (
+            AliasNames(settings.mlflow_champion_alias, settings.mlflow_previous_alias)
+            if self.registry is not None
+            else None
+        )
         self.config = ConfigCache(store)
         self.ingest = build_ingest(settings, store)
         key = settings.unit_id_key.encode()
@@ -52,14 +81,19 @@ class Runtime:
             durability=Durability(settings.exposure_durability),
             durable_timeout=settings.durability_timeout_seconds,
         )
-        self.experiments = ExperimentService(store, self.clock)
+        self.experiments = ExperimentService(
+            store,
+            self.clock,
+            check_versions=VersionChecker(self.registry) if self.registry is not None else None,
+        )
         self.privacy = PrivacyService(store, self.clock, self.pseudonymize)
         self.webhooks = WebhookNotifier()
         self.decisions = DecisionService(
             store,
             self.clock,
-            listeners=(self.webhooks,),
+            listeners=(self.webhooks, self.outbox),
             reconcile_every=settings.reconcile_every,
+            aliases=aliases,
         )
         self.results = ResultsService(store, self.clock)
         self.statistics = StatisticsService(store, self.clock)
@@ -112,6 +146,7 @@ class Runtime:
             self._refresher.join(timeout)
         clean = self.ingest.close(timeout)
         self.webhooks.close(timeout)
+        self.outbox.close(timeout)
         self.store.close()
         return clean
 

@@ -1,4 +1,5 @@
-"""Reading experiment files (YAML or JSON) into validated experiments.
+"""Reading experiment files (YAML or JSON), one or a directory of them, into validated
+experiments.
 
 Errors name the file, the field and, for syntax errors, the line and column. Duplicate keys in a
 mapping are an error (plain YAML keeps the last one silently, which hides typos and merge
@@ -84,4 +85,50 @@ def load_experiment_file(path: str | Path) -> ExperimentFile:
     return parse_document(text, str(p))
 
 
-__all__ = ["EXPERIMENT_FIELDS", "ExperimentFile", "load_experiment_file", "parse_document"]
+EXPERIMENT_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def experiment_files(directory: str | Path) -> list[Path]:
+    """The experiment files of a directory: ``*.yaml``, ``*.yml`` and ``*.json``, sorted by
+    name; hidden files and subdirectories are left alone."""
+    d = Path(directory)
+    try:
+        entries = list(d.iterdir())
+    except OSError as exc:
+        raise ValidationError(str(d), f"cannot read the directory: {exc}") from None
+    return sorted(
+        (
+            p
+            for p in entries
+            if p.suffix.lower() in EXPERIMENT_SUFFIXES
+            and not p.name.startswith(".")
+            and p.is_file()
+        ),
+        key=lambda p: p.name,
+    )
+
+
+def load_experiments(path: str | Path) -> list[tuple[Path, ExperimentFile]]:
+    """Every experiment of a file, or of each file of a directory (:func:`experiment_files`),
+    with the file it came from. A directory without any is an error (a typo in a path should
+    not apply nothing successfully)."""
+    p = Path(path)
+    if not p.is_dir():
+        return [(p, load_experiment_file(p))]
+    files = experiment_files(p)
+    if not files:
+        raise ValidationError(
+            str(p), f"no experiment files ({', '.join('*' + s for s in EXPERIMENT_SUFFIXES)}) here"
+        )
+    return [(f, load_experiment_file(f)) for f in files]
+
+
+__all__ = [
+    "EXPERIMENT_FIELDS",
+    "EXPERIMENT_SUFFIXES",
+    "ExperimentFile",
+    "experiment_files",
+    "load_experiment_file",
+    "load_experiments",
+    "parse_document",
+]

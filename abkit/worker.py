@@ -1,7 +1,9 @@
 """``abkit worker``: looks at every running experiment on its interval and applies decisions.
 
 Several workers may run against one PostgreSQL: each look is recorded (and acted on) by exactly
-one of them (see :mod:`abkit.services.decisions`). Every look is an OpenTelemetry span with the
+one of them (see :mod:`abkit.services.decisions`). With MLflow configured, each worker also runs
+the outbox's dispatcher (:mod:`abkit.infra.outbox`), which moves the registry's aliases after a
+decision and retries until they have moved. Every look is an OpenTelemetry span with the
 decision as a span event, so decisions show up next to the traces of the traffic that caused
 them.
 """
@@ -15,6 +17,7 @@ from opentelemetry import trace
 
 from abkit.errors import AbkitError
 from abkit.infra.instruments import WorkerMetrics
+from abkit.infra.outbox import OutboxRunner
 from abkit.services.decisions import DecisionService, LookOutcome
 
 log = logging.getLogger(__name__)
@@ -28,8 +31,12 @@ class Worker:
         *,
         tick_seconds: float = 1.0,
         metrics: WorkerMetrics | None = None,
+        outbox: OutboxRunner | None = None,
     ) -> None:
+        """``outbox``: the registry changes' dispatcher, run every tick while the worker runs
+        (and right after each decision, as a decision listener)."""
         self._decisions = decisions
+        self._outbox = outbox
         self._tracer = tracer
         self._metrics = metrics
         self._tick = tick_seconds
@@ -84,6 +91,8 @@ class Worker:
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="abkit-worker", daemon=True)
         self._thread.start()
+        if self._outbox is not None:
+            self._outbox.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()

@@ -6,7 +6,8 @@ database and drops it at the end; tables are emptied between tests. When Postgre
 reached, its tests are *skipped with the reason shown* -- unless ``ABKIT_REQUIRE_POSTGRES=1``
 (set by ``.ci/run``), in which case they fail: CI must never go green without PostgreSQL.
 NATS is treated the same way (``ABKIT_TEST_NATS_URL``, default the local JetStream server;
-``ABKIT_REQUIRE_NATS=1``): see tests/nats_support.py.
+``ABKIT_REQUIRE_NATS=1``): see tests/nats_support.py; and MLflow (one real ``mlflow server``
+per session, ``ABKIT_REQUIRE_MLFLOW=1``): see tests/mlflow_support.py.
 
 Property tests (Hypothesis) explore new inputs on every local run, which is how they find bugs;
 CI loads the ``ci`` profile (``HYPOTHESIS_PROFILE=ci``, set by ``.ci/run``): a fixed seed and no
@@ -35,6 +36,7 @@ from abkit.store.sql import SqlStore
 
 if TYPE_CHECKING:
     from abkit.infra.stream import StreamSettings
+    from tests.mlflow_support import MlflowServer
     from tests.nats_support import NatsCluster
 
 settings.register_profile("ci", derandomize=True, database=None)
@@ -181,3 +183,13 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One real ``mlflow server`` (SQLite backend store, local artifacts) for the session."""
+    from tests.mlflow_support import start_server
+
+    server = start_server(tmp_path_factory.mktemp("mlflow"))
+    yield server
+    server.stop()

@@ -2,9 +2,12 @@
 :mod:`~abkit.cli.servers`, :mod:`~abkit.cli.operations`), errors translated in
 :mod:`~abkit.cli.base`.
 
-Exit codes, for pipelines: 0 success; 1 unexpected failure; 2 invalid input (bad file, bad
-argument); 3 not found; 4 refused by the current state (e.g. changing a running experiment);
-5 store unreachable.
+Exit codes, for pipelines (:class:`~abkit.cli.base.ExitCode`, the one list of them): 0 success;
+1 unexpected failure; 2 invalid input (bad file, bad argument); 3 not found; 4 refused by the
+current state (e.g. changing a running experiment); 5 store unreachable or not migrated;
+6 maintained statistics differ from a full recomputation. ``abkit wait`` adds its verdicts
+(:mod:`~abkit.cli.wait`): 0 promoted, 10 rolled back, 11 stopped inconclusive, 12 paused or
+held too long, 13 timed out.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from abkit.cli.servers import (
     web_command,
     worker_command,
 )
+from abkit.cli.wait import wait_command
 from abkit.config import Settings
 
 
@@ -66,6 +70,7 @@ for command in (
     db,
     experiment,
     results_command,
+    wait_command,
     worker_command,
     grpc_command,
     loader_command,

@@ -2,7 +2,7 @@
 
 Inner layers name the problem in abkit's terms; :func:`errors` prints it with the words of the
 command line (the option the user typed, the command that fixes it) and exits with the code a
-pipeline can branch on (the table is in :mod:`abkit.cli`).
+pipeline can branch on (:class:`ExitCode`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -31,12 +32,34 @@ from abkit.errors import (
 if TYPE_CHECKING:
     from abkit.runtime import Runtime
 
-EXIT_CODES: tuple[tuple[type[AbkitError], int], ...] = (
-    (ValidationError, 2),
-    (NotFoundError, 3),
-    (ConflictError, 4),
-    (StoreUnavailableError, 5),
-    (StatisticsMismatchError, 6),
+
+class ExitCode(IntEnum):
+    """Every exit code of the ``abkit`` command, for pipelines to branch on (the table is in
+    docs/cli.md). 0-6 are any command's; 10-13 are ``abkit wait``'s verdicts."""
+
+    OK = 0
+    """Success; for ``abkit wait``: the experiment promoted a treatment arm."""
+    UNEXPECTED = 1
+    INVALID_INPUT = 2
+    NOT_FOUND = 3
+    REFUSED = 4
+    """Valid input the current state refuses (e.g. new arms for a running experiment)."""
+    STORE_UNREACHABLE = 5
+    """The store cannot be reached, or its schema is not migrated."""
+    STATISTICS_MISMATCH = 6
+    ROLLED_BACK = 10
+    STOPPED_INCONCLUSIVE = 11
+    HELD_TOO_LONG = 12
+    """Paused, or every look holding, for longer than ``abkit wait --max-hold``."""
+    TIMED_OUT = 13
+
+
+EXIT_CODES: tuple[tuple[type[AbkitError], ExitCode], ...] = (
+    (ValidationError, ExitCode.INVALID_INPUT),
+    (NotFoundError, ExitCode.NOT_FOUND),
+    (ConflictError, ExitCode.REFUSED),
+    (StoreUnavailableError, ExitCode.STORE_UNREACHABLE),
+    (StatisticsMismatchError, ExitCode.STATISTICS_MISMATCH),
 )
 
 log = logging.getLogger("abkit")
@@ -62,8 +85,12 @@ def fail(exc: AbkitError, flags: Mapping[str, str] | None = None, hint: str = ""
         message = f"{flags[exc.field]}: {exc.message}"
     remedy = hint or next((r for kind, r in REMEDIES if isinstance(exc, kind)), "")
     click.echo(f"error: {message}" + (f"; {remedy}" if remedy else ""), err=True)
-    code = next((c for kind, c in EXIT_CODES if isinstance(exc, kind)), 1)
-    sys.exit(code)
+    sys.exit(exit_code(exc))
+
+
+def exit_code(exc: AbkitError) -> ExitCode:
+    """The exit code of an error (:data:`EXIT_CODES`; anything else is unexpected)."""
+    return next((c for kind, c in EXIT_CODES if isinstance(exc, kind)), ExitCode.UNEXPECTED)
 
 
 @contextmanager

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -12,6 +14,7 @@ import click
 from abkit.cli.base import Context, errors, pass_ctx, print_table
 from abkit.core.spec import experiment_to_dict
 from abkit.errors import (
+    ConflictError,
     StatisticsMismatchError,
     StoreUnavailableError,
     ValidationError,
@@ -19,6 +22,9 @@ from abkit.errors import (
 
 if TYPE_CHECKING:
     from abkit.ports import ExperimentRecord
+    from abkit.runtime import Runtime
+    from abkit.services.experiments import ApplyResult
+    from abkit.services.views import PendingRegistryChange
 
 
 @click.group()
@@ -56,27 +62,77 @@ def experiment() -> None:
     "--file",
     "path",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="Experiment YAML/JSON file.",
+    type=click.Path(),
+    help="An experiment YAML/JSON file, or a directory: every *.yaml, *.yml and *.json file in "
+    "it, applied in one transaction (all or nothing).",
 )
-@click.option("--start", is_flag=True, help="Start it (a new or draft experiment) right away.")
+@click.option(
+    "--start", is_flag=True, help="Start new and draft experiments (resume paused ones) right away."
+)
+@click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
 @pass_ctx
-def experiment_apply(ctx: Context, path: str, start: bool) -> None:
-    """Create or update an experiment from a file (idempotent)."""
-    from abkit.specfile import load_experiment_file
+def experiment_apply(ctx: Context, path: str, start: bool, dry_run: bool) -> None:
+    """Create or update experiments from a file or a directory (idempotent); print what changes.
 
-    with errors():
-        spec = load_experiment_file(path)
+    Exits 2 on an invalid file and 4 on a change the current state refuses (new arms for a
+    running experiment), naming the file and the field; then nothing is applied.
+    """
+    from abkit.services.experiments import ApplyOutcome, ApplyRequest
+    from abkit.specfile import load_experiments
+
+    whole = {
+        ValidationError: "nothing was applied",
+        ConflictError: "nothing was applied",
+    }
+    with errors(hints=whole if Path(path).is_dir() else None):
+        requests = [
+            ApplyRequest(spec.experiment, spec.policy, source=str(file))
+            for file, spec in load_experiments(path)
+        ]
         with ctx.open_runtime() as runtime:
-            result = runtime.experiments.apply(
-                spec.experiment, actor=ctx.settings.actor, policy=spec.policy, start=start
+            results = runtime.experiments.apply_all(
+                requests, actor=ctx.settings.actor, start=start, dry_run=dry_run
             )
+    if dry_run:
+        click.echo("dry run: nothing is written")
+    for result in results:
+        for line in _apply_lines(result, dry_run=dry_run):
+            click.echo(line)
+    if len(results) > 1 or dry_run:
+        counts = Counter(r.outcome.value for r in results)
+        done = ", ".join(f"{counts[o.value]} {o.value}" for o in ApplyOutcome if counts[o.value])
+        verb = "would be" if dry_run else "were"
+        click.echo(f"{len(results)} experiment(s) {verb} applied: {done}")
+
+
+def _apply_lines(result: ApplyResult, *, dry_run: bool) -> list[str]:
+    """One experiment's part of the diff: what happened to it, then each field old -> new."""
+    from abkit.services.experiments import ApplyOutcome
+
     exp = result.record.experiment
     detail = f" ({', '.join(result.changed)})" if result.changed else ""
-    click.echo(
-        f"experiment {exp.key} {result.outcome}{detail}; "
-        f"status {exp.status}, revision {result.record.revision}"
-    )
+    if dry_run:
+        verb = (
+            "unchanged"
+            if result.outcome is ApplyOutcome.UNCHANGED
+            else "would be " + result.outcome
+        )
+        head = f"experiment {exp.key} {verb}{detail}; status {exp.status}"
+    else:
+        head = (
+            f"experiment {exp.key} {result.outcome}{detail}; "
+            f"status {exp.status}, revision {result.record.revision}"
+        )
+    lines = [f"{head}  [{result.source}]" if result.source else head]
+    lines += [f"  {c.field}: {_value(c.old)} -> {_value(c.new)}" for c in result.changes]
+    if result.status_before is not None and result.status_before is not exp.status:
+        lines.append(f"  status: {result.status_before} -> {exp.status}")
+    return lines
+
+
+def _value(value: object) -> str:
+    """A field's document value on one line (JSON: what the file would say)."""
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
 
 @experiment.command("list")
@@ -152,7 +208,9 @@ def experiment_promote(ctx: Context, key: str, arm: str, reason: str) -> None:
     """Promote ARM now: everyone gets its model version, which goes live in the registry."""
     with errors(), ctx.open_runtime() as runtime:
         record = runtime.decisions.promote(key, arm, actor=ctx.settings.actor, reason=reason)
+        pending = _registry_after_decision(runtime, key)
     click.echo(f"experiment {key}: promoted {record.arm_key} ({record.reason})")
+    _echo_pending(pending)
 
 
 @experiment.command("rollback")
@@ -163,7 +221,22 @@ def experiment_rollback(ctx: Context, key: str, reason: str) -> None:
     """Roll back to control now (also undoes a promotion)."""
     with errors(), ctx.open_runtime() as runtime:
         record = runtime.decisions.rollback(key, actor=ctx.settings.actor, reason=reason)
+        pending = _registry_after_decision(runtime, key)
     click.echo(f"experiment {key}: rolled back to {record.arm_key} ({record.reason})")
+    _echo_pending(pending)
+
+
+def _registry_after_decision(runtime: Runtime, key: str) -> list[PendingRegistryChange]:
+    """Give the decision's registry changes (MLflow aliases) a moment; what is still pending."""
+    runtime.outbox.flush(10)
+    return runtime.registry_sync.pending(key)
+
+
+def _echo_pending(pending: list[PendingRegistryChange]) -> None:
+    from abkit.report.wording import registry_pending
+
+    for p in pending:
+        click.echo(f"  {registry_pending(p)}; the worker retries it until it is done")
 
 
 @experiment.command("history")
@@ -176,17 +249,24 @@ def experiment_history(ctx: Context, key: str, fmt: str) -> None:
     """The audit trail: every look, decision and manual action, with who and why."""
     with errors(), ctx.open_runtime() as runtime:
         history = runtime.experiments.history(key)
+        pending = runtime.registry_sync.pending(key)
     if fmt == "json":
         from abkit.report.document import history_doc
 
         click.echo(json.dumps([history_doc(d) for d in history], indent=2))
         return
+    from abkit.report.wording import registry_pending
+
     for d in history:
         look = f"look {d.look:>3}" if d.look is not None else "manual  "
+        if d.action == "registry":
+            look = "        "
         arm = f" {d.arm_key}" if d.arm_key else ""
         click.echo(
             f"{d.decided_at:%Y-%m-%d %H:%M:%S}  {look}  {d.action}{arm}  by {d.actor}: {d.reason}"
         )
+    for p in pending:
+        click.echo(f"{p.created_at:%Y-%m-%d %H:%M:%S}  pending   registry  {registry_pending(p)}")
 
 
 _status_command("start", "start")

@@ -69,6 +69,7 @@ def _run_grpc(
                 tel.tracer(),
                 tick_seconds=ctx.settings.worker_tick_seconds,
                 metrics=WorkerMetrics(tel.meter()),
+                outbox=runtime.outbox,
             )
             worker.start()
         if web is not None:
@@ -121,6 +122,7 @@ def _run_worker(ctx: Context) -> None:
             tel.tracer(),
             tick_seconds=ctx.settings.worker_tick_seconds,
             metrics=WorkerMetrics(tel.meter()),
+            outbox=runtime.outbox,
         )
         worker.start()
     click.echo("abkit worker running")

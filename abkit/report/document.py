@@ -135,7 +135,7 @@ def summary_doc(r: ExperimentResults, now: datetime) -> dict[str, Any]:
 
 def results_doc(r: ExperimentResults, now: datetime) -> dict[str, Any]:
     """Everything on the detail page except the chart (see :func:`series_doc`)."""
-    return {
+    doc = {
         **summary_doc(r, now),
         "description": r.description,
         "look": _look_doc(r.look),
@@ -144,6 +144,20 @@ def results_doc(r: ExperimentResults, now: datetime) -> dict[str, Any]:
         "timeline": [entry_doc(e) for e in r.timeline],
         "decision": entry_doc(r.decision) if r.decision is not None else None,
     }
+    if r.registry_pending:  # only while a registry change (MLflow aliases) waits
+        doc["registry_pending"] = [
+            {
+                "decision_id": p.decision_id,
+                "action": p.action,
+                "change": p.description,
+                "attempts": p.attempts,
+                "last_error": p.last_error,
+                "created_at": _time(p.created_at),
+                "next_attempt_at": _time(p.next_attempt_at),
+            }
+            for p in r.registry_pending
+        ]
+    return doc
 
 
 def series_doc(series: Sequence[Series]) -> list[dict[str, Any]]:

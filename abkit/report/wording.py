@@ -15,7 +15,12 @@ from abkit.core import formatting
 from abkit.core.metrics import MetricKind
 from abkit.core.snapshot import Role
 from abkit.core.stats import Method
-from abkit.services.views import ComparisonView, ExperimentResults, ScaledEffect
+from abkit.services.views import (
+    ComparisonView,
+    ExperimentResults,
+    PendingRegistryChange,
+    ScaledEffect,
+)
 
 DASH = "—"
 
@@ -84,6 +89,17 @@ def duration(seconds: float | None) -> str:
 
 def when(value: datetime | None) -> str:
     return DASH if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def registry_pending(p: PendingRegistryChange) -> str:
+    """A registry change not done yet, in one line: ``MLflow alias change pending (attempt 3,
+    last error: ...; next try ...): champion → models:/ranker/2``."""
+    if p.attempts:
+        error = f", last error: {p.last_error}" if p.last_error else ""
+        tried = f"attempt {p.attempts}{error}; next try {when(p.next_attempt_at)}"
+    else:
+        tried = "not tried yet"
+    return f"MLflow alias change pending ({tried}): {p.description}"
 
 
 def ago(value: datetime | None, now: datetime) -> str:

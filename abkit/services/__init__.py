@@ -4,6 +4,8 @@
   the compiled config they answer from);
 * :mod:`~abkit.services.experiments` -- apply, list, start, pause;
 * :mod:`~abkit.services.decisions` -- looks, decisions and manual promote/rollback;
+* :mod:`~abkit.services.registry` -- the external model registry (MLflow) follows the
+  decisions: versions checked at apply, aliases moved through the outbox;
 * :mod:`~abkit.services.results` -- what was decided, for people and programs
   (:mod:`~abkit.services.views` is its read model);
 * :mod:`~abkit.services.privacy` -- erasure and retention.

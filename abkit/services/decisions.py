@@ -11,7 +11,9 @@ write lock:
    keeps running unchanged and nothing is ever promoted on missing data;
 3. **apply** -- in one transaction: record the decision with its look number and full statistics
    snapshot, and apply the action (conclude with the rollout arm and update the model registry,
-   or advance the coverage ramp). The look number is unique per experiment and the experiment
+   or advance the coverage ramp); with an external registry (MLflow), the alias change the
+   decision makes is recorded in the outbox in the same transaction, and carried out by
+   :mod:`abkit.services.registry`. The look number is unique per experiment and the experiment
    update is conditional on its revision, so with several workers racing exactly one records a
    given look and exactly one promotion ever happens; the others get
    :class:`~abkit.errors.ConflictError` and do nothing.
@@ -27,6 +29,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from abkit.core.aliases import AliasNames, alias_change
 from abkit.core.analysis import analyze, failed
 from abkit.core.decision import Action, Decision
 from abkit.core.model import Experiment, ExperimentStatus, ModelStatus
@@ -39,7 +42,8 @@ from abkit.errors import (
     StoreUnavailableError,
     ValidationError,
 )
-from abkit.ports import Clock, DecisionRecord, ExperimentRecord, Store, Transaction
+from abkit.ports import Clock, DecisionRecord, ExperimentRecord, OutboxItem, Store, Transaction
+from abkit.services.registry import MLFLOW_ALIASES
 from abkit.services.statistics import StatisticsService
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,9 @@ class DecisionService:
     decision that changes the allocation (promote, roll back, stop, ramp), it also recomputes
     them from every row; a difference is recorded as a hold, never a decision, and the state is
     rebuilt from the start at the next look.
+
+    With ``aliases`` (an external registry is configured), every terminal decision also
+    records, in its own transaction, the alias change it makes in the registry (the outbox).
     """
 
     def __init__(
@@ -74,12 +81,14 @@ class DecisionService:
         listeners: tuple[Listener, ...] = (),
         *,
         reconcile_every: int = 24,
+        aliases: AliasNames | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._listeners = listeners
         self._statistics = StatisticsService(store, clock)
         self._reconcile_every = reconcile_every
+        self._aliases = aliases
 
     # -- scheduling ------------------------------------------------------------------------------
 
@@ -241,6 +250,8 @@ class DecisionService:
                 )
             )
             updated = _act(tx, current, decision, now)
+            if self._aliases is not None:
+                _record_alias_change(tx, current, stored, self._aliases, now)
             return stored, updated
 
     def _notify(self, record: ExperimentRecord, decision: DecisionRecord) -> None:
@@ -336,6 +347,59 @@ def _update_registry(
         status = ModelStatus.RETIRED if undone else ModelStatus.PREVIOUS
         tx.models.set_status(model, live.version, status, now=now)
     tx.models.set_status(model, version, ModelStatus.LIVE, now=now)
+
+
+def _record_alias_change(
+    tx: Transaction,
+    before: ExperimentRecord,
+    decision: DecisionRecord,
+    names: AliasNames,
+    now: datetime,
+) -> None:
+    """Put the registry change of a terminal decision in the outbox (same transaction)."""
+    if not Action.terminal_name(decision.action) or decision.arm_key is None:
+        return
+    if decision.id is None:
+        raise ValueError("a stored decision has an id")
+    undo: tuple[int, ...] = ()
+    if decision.action == Action.ROLLBACK and before.experiment.rollout_arm is not None:
+        undo = _promotions_since_last_rollback(tx, before.key, decision.id)
+    change = alias_change(
+        before.experiment,
+        decision_id=decision.id,
+        action=decision.action,
+        rollout_arm=decision.arm_key,
+        look=decision.look,
+        names=names,
+        undo=undo,
+    )
+    if change is None:  # no arm names an MLflow version
+        return
+    tx.outbox.add(
+        OutboxItem(
+            experiment_key=before.key,
+            decision_id=decision.id,
+            kind=MLFLOW_ALIASES,
+            key=change.model,
+            intent=change.to_dict(),
+            created_at=now,
+            next_attempt_at=now,
+        )
+    )
+
+
+def _promotions_since_last_rollback(tx: Transaction, key: str, current: int) -> tuple[int, ...]:
+    """The promotions a rollback undoes, newest first: every one since the last rollback or
+    stop (a concluded experiment may be promoted to one arm, then to another)."""
+    found = []
+    for entry in reversed(tx.decisions.list(key)):
+        if entry.id == current:
+            continue
+        if entry.action == Action.PROMOTE and entry.id is not None:
+            found.append(entry.id)
+        elif entry.action in (Action.ROLLBACK, Action.STOP_INCONCLUSIVE):
+            break
+    return tuple(found)
 
 
 def _coverage_since(previous: LookSnapshot | None, record: ExperimentRecord) -> datetime | None:

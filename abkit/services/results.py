@@ -5,7 +5,9 @@ read with :func:`~abkit.core.snapshot.read_entry`): the page, the API and ``abki
 never recompute statistics, so they show exactly what the decision was based on. Reading an
 audit trail is the expensive part, so :class:`~abkit.services.views.ExperimentResults` is cached
 per look, keyed by the experiment's revision and its latest look's id: until the worker looks
-again (or someone pauses, promotes or rolls back), a request costs two indexed single-row reads.
+again (or someone pauses, promotes or rolls back, or a registry change the outbox holds moves
+on), a request costs three indexed reads of a row or none (the experiment, its latest look, its
+pending registry changes).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from abkit.core.model import ExperimentStatus
 from abkit.core.policy import Policy
 from abkit.core.snapshot import Comparison, LookSnapshot, Role, read_entry
 from abkit.ports import Clock, DecisionRecord, ExperimentRecord, ModelVersion, Store, Transaction
+from abkit.services.registry import pending_view
 from abkit.services.views import (
     ArmView,
     ComparisonView,
     ExperimentResults,
     LookView,
+    PendingRegistryChange,
     RegistryChange,
     ScaledEffect,
     Series,
@@ -33,7 +37,8 @@ from abkit.services.views import (
     TimelineEntry,
 )
 
-_Version = tuple[int, int | None]  # (experiment revision, id of the latest look)
+# (experiment revision, id of the latest look, pending registry changes: ids and attempts)
+_Version = tuple[int, int | None, tuple[tuple[int | None, int], ...]]
 
 
 class ResultsService:
@@ -63,16 +68,20 @@ class ResultsService:
 
     def _results(self, tx: Transaction, record: ExperimentRecord) -> ExperimentResults:
         last = tx.decisions.last_look(record.key)
+        # A registry change done appends to the trail without a new look: the pending ones
+        # are part of the version (usually none; one indexed read).
+        outbox = tx.outbox.pending(record.key)
+        pending = tuple(pending_view(item) for item in outbox)
         if last is None:  # nothing to cache: the units come from the exposures (one count)
             counts = tx.exposures.counts(record.key)
-            return build_results(record, tx.decisions.list(record.key), counts)
-        version = (record.revision, last.id)
+            return build_results(record, tx.decisions.list(record.key), counts, pending)
+        version = (record.revision, last.id, tuple((i.id, i.attempts) for i in outbox))
         with self._lock:
             hit = self._cache.get(record.key)
             if hit is not None and hit[0] == version:
                 self._cache.move_to_end(record.key)
                 return hit[1]
-        results = build_results(record, tx.decisions.list(record.key), {})
+        results = build_results(record, tx.decisions.list(record.key), {}, pending)
         with self._lock:
             self._cache[record.key] = (version, results)
             self._cache.move_to_end(record.key)
@@ -82,7 +91,10 @@ class ResultsService:
 
 
 def build_results(
-    record: ExperimentRecord, decisions: Sequence[DecisionRecord], counts: Mapping[str, int]
+    record: ExperimentRecord,
+    decisions: Sequence[DecisionRecord],
+    counts: Mapping[str, int],
+    pending: Sequence[PendingRegistryChange] = (),
 ) -> ExperimentResults:
     """The results of one experiment from its audit trail (pure; the cache stores the output)."""
     entries = [(d, _read(d)) for d in decisions]
@@ -119,6 +131,7 @@ def build_results(
         series=_series(looks, kinds),
         timeline=timeline,
         decision=decision,
+        registry_pending=tuple(pending),
     )
 
 

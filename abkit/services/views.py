@@ -142,6 +142,21 @@ class ArmView:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingRegistryChange:
+    """A change to the external model registry (MLflow aliases) that a decision made and that is
+    not done yet: the outbox retries it until it is."""
+
+    experiment_key: str
+    decision_id: int
+    action: str
+    description: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    next_attempt_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class ExperimentResults:
     """An experiment as of its latest look: config, numbers, chart series and audit trail."""
 
@@ -163,6 +178,8 @@ class ExperimentResults:
     timeline: tuple[TimelineEntry, ...]
     decision: TimelineEntry | None
     """The terminal decision (promote, rollback, stop) if the experiment is concluded."""
+    registry_pending: tuple[PendingRegistryChange, ...] = ()
+    """Registry changes (MLflow aliases) the decisions made that are not done yet."""
 
     def arm(self, key: str | None) -> ArmView | None:
         return next((a for a in self.arms if a.key == key), None)

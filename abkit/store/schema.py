@@ -264,6 +264,35 @@ class AuditRow(Base):
     at: Mapped[datetime]
 
 
+class OutboxRow(Base):
+    """Changes to external systems that decisions make (MLflow alias moves), written in the
+    decision's transaction and deleted once a dispatcher has carried them out
+    (:class:`abkit.ports.OutboxItem`). Items with the same ``key`` go one at a time, by ``id``."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    experiment_key: Mapped[str] = mapped_column(ForeignKey("experiments.key"))
+    decision_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("decisions.id")
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(256))
+    intent: Mapped[dict[str, Any]]
+    observed: Mapped[dict[str, Any] | None]
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime]
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    claimed_until: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_outbox_experiment_key", "experiment_key"),)
+
+
 class ModelVersionRow(Base):
     """The model registry: which version of each model is live (at most one per model)."""
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, Insert, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Insert, func, insert, null, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
@@ -35,7 +35,7 @@ from abkit.core.rows import (
 )
 from abkit.core.targeting import parse_condition
 from abkit.errors import ConflictError, NotFoundError, SchemaOutOfDateError, StoreUnavailableError
-from abkit.ports import AuditEntry, DecisionRecord, ExperimentRecord, ModelVersion
+from abkit.ports import AuditEntry, DecisionRecord, ExperimentRecord, ModelVersion, OutboxItem
 from abkit.store.analysis import SqlAnalysis
 from abkit.store.engine import create_store_engine
 from abkit.store.increments import SqlMaintained, ingestion_lock
@@ -50,6 +50,7 @@ _MODELS = Base.metadata.tables["model_versions"]
 _LAYERS = Base.metadata.tables["layers"]
 _HOLDOUTS = Base.metadata.tables["holdouts"]
 _AUDIT = Base.metadata.tables["audit_log"]
+_OUTBOX = Base.metadata.tables["outbox"]
 
 
 def _insert_ignoring_duplicates(conn: Connection, table: Any) -> Insert:
@@ -567,6 +568,111 @@ def _model_version(row: Any) -> ModelVersion:
     )
 
 
+class SqlOutbox:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def add(self, item: OutboxItem) -> OutboxItem:
+        new_id = self._conn.execute(
+            insert(_OUTBOX)
+            .values(
+                experiment_key=item.experiment_key,
+                decision_id=item.decision_id,
+                kind=item.kind,
+                key=item.key,
+                intent=dict(item.intent),
+                # SQL NULL, not JSON null: what ``observe`` looks for (``null()`` either way).
+                observed=dict(item.observed) if item.observed is not None else null(),
+                attempts=item.attempts,
+                last_error=item.last_error,
+                next_attempt_at=item.next_attempt_at,
+                claimed_by=item.claimed_by,
+                claimed_until=item.claimed_until,
+                created_at=item.created_at,
+                updated_at=item.created_at,
+            )
+            .returning(_OUTBOX.c.id)
+        ).scalar_one()
+        return replace(item, id=new_id)
+
+    def pending(self, experiment_key: str | None = None) -> builtins.list[OutboxItem]:
+        query = select(_OUTBOX).order_by(_OUTBOX.c.id)
+        if experiment_key is not None:
+            query = query.where(_OUTBOX.c.experiment_key == experiment_key)
+        return [_outbox_item(r) for r in self._conn.execute(query).mappings()]
+
+    def claim(
+        self, item_id: int, *, owner: str, now: datetime, until: datetime
+    ) -> OutboxItem | None:
+        free = (_OUTBOX.c.claimed_until.is_(None)) | (_OUTBOX.c.claimed_until <= now)
+        result = self._conn.execute(
+            update(_OUTBOX)
+            .where(_OUTBOX.c.id == item_id, _OUTBOX.c.next_attempt_at <= now, free)
+            .values(
+                claimed_by=owner,
+                claimed_until=until,
+                attempts=_OUTBOX.c.attempts + 1,
+                updated_at=now,
+            )
+        )
+        if result.rowcount != 1:
+            return None
+        row = self._conn.execute(select(_OUTBOX).where(_OUTBOX.c.id == item_id)).mappings().one()
+        return _outbox_item(row)
+
+    def observe(self, item_id: int, *, owner: str, observed: Mapping[str, Any]) -> bool:
+        result = self._conn.execute(
+            update(_OUTBOX)
+            .where(
+                _OUTBOX.c.id == item_id,
+                _OUTBOX.c.claimed_by == owner,
+                _OUTBOX.c.observed.is_(None),
+            )
+            .values(observed=dict(observed))
+        )
+        return bool(result.rowcount == 1)
+
+    def release(
+        self, item_id: int, *, owner: str, error: str, retry_at: datetime, now: datetime
+    ) -> bool:
+        result = self._conn.execute(
+            update(_OUTBOX)
+            .where(_OUTBOX.c.id == item_id, _OUTBOX.c.claimed_by == owner)
+            .values(
+                claimed_by=None,
+                claimed_until=None,
+                last_error=error,
+                next_attempt_at=retry_at,
+                updated_at=now,
+            )
+        )
+        return bool(result.rowcount == 1)
+
+    def remove(self, item_id: int, *, owner: str) -> bool:
+        result = self._conn.execute(
+            _OUTBOX.delete().where(_OUTBOX.c.id == item_id, _OUTBOX.c.claimed_by == owner)
+        )
+        return bool(result.rowcount == 1)
+
+
+def _outbox_item(r: Any) -> OutboxItem:
+    return OutboxItem(
+        experiment_key=r["experiment_key"],
+        decision_id=r["decision_id"],
+        kind=r["kind"],
+        key=r["key"],
+        intent=r["intent"],
+        created_at=r["created_at"],
+        next_attempt_at=r["next_attempt_at"],
+        attempts=r["attempts"],
+        last_error=r["last_error"],
+        observed=r["observed"],
+        claimed_by=r["claimed_by"],
+        claimed_until=r["claimed_until"],
+        id=r["id"],
+    )
+
+
 class SqlTransaction:
     def __init__(self, conn: Connection) -> None:
         self.connection = conn
@@ -578,6 +684,7 @@ class SqlTransaction:
         self.decisions = SqlDecisions(conn)
         self.models = SqlModels(conn)
         self.audit = SqlAudit(conn)
+        self.outbox = SqlOutbox(conn)
 
 
 class SqlStore:

@@ -280,3 +280,65 @@ def test_large_batches_store_every_character_as_given(store: Store) -> None:
     with store.transaction() as tx:
         assert [tx.exposures.get("ranker-v2", u) for u in units] == exposures
         assert [tx.events.get(e.event_id) for e in events] == events
+
+
+def test_the_outbox_hands_each_change_to_one_dispatcher_at_a_time(store: Store) -> None:
+    from abkit.ports import OutboxItem
+
+    intent = {"model": "ranker", "champion": "2", "nested": {"ä": [1, None]}}
+    with store.transaction() as tx:
+        tx.experiments.save(record(), expected_revision=None)
+        decision = tx.decisions.add(
+            DecisionRecord("ranker-v2", "promote", "v2 wins", "worker", "c" * 16, T0, "treatment")
+        )
+        assert decision.id is not None
+        first = tx.outbox.add(
+            OutboxItem("ranker-v2", decision.id, "mlflow_aliases", "ranker", intent, T0, T0)
+        )
+        second = tx.outbox.add(
+            OutboxItem("ranker-v2", decision.id, "mlflow_aliases", "other", {}, T0, T0)
+        )
+    assert first.id is not None and second.id is not None and second.id > first.id
+    with store.transaction() as tx:
+        assert [i.id for i in tx.outbox.pending()] == [first.id, second.id]
+        assert tx.outbox.pending("nope") == []
+        (stored, _) = tx.outbox.pending("ranker-v2")
+    assert stored == first and stored.intent == intent and stored.observed is None
+    assert (stored.attempts, stored.claimed_by, stored.last_error) == (0, None, None)
+
+    lease = T0 + timedelta(minutes=5)
+    with store.transaction() as tx:
+        assert tx.outbox.claim(first.id, owner="b", now=T0 - timedelta(1), until=lease) is None
+        claimed = tx.outbox.claim(first.id, owner="a", now=T0, until=lease)
+        assert claimed is not None and (claimed.attempts, claimed.claimed_by) == (1, "a")
+        assert claimed.claimed_until == lease
+        # held by a until the lease ends: nobody else gets it, a's calls alone count
+        soon = T0 + timedelta(minutes=1)
+        assert tx.outbox.claim(first.id, owner="b", now=soon, until=lease) is None
+        assert not tx.outbox.observe(first.id, owner="b", observed={"champion": "1"})
+        assert tx.outbox.observe(first.id, owner="a", observed={"champion": "1", "x": None})
+        assert not tx.outbox.observe(first.id, owner="a", observed={"champion": "9"})  # once
+        assert not tx.outbox.release(first.id, owner="b", error="no", retry_at=T0, now=T0)
+        retry = T0 + timedelta(seconds=2)
+        assert tx.outbox.release(first.id, owner="a", error="MLflow away", retry_at=retry, now=T0)
+    with store.transaction() as tx:
+        (released, _) = tx.outbox.pending()
+        assert released.observed == {"champion": "1", "x": None}
+        assert (released.attempts, released.last_error, released.claimed_by) == (
+            1, "MLflow away", None,
+        )  # fmt: skip
+        assert released.next_attempt_at == retry
+        early = T0 + timedelta(seconds=1)
+        assert tx.outbox.claim(first.id, owner="b", now=early, until=lease) is None
+        again = tx.outbox.claim(first.id, owner="b", now=retry, until=lease)
+        assert again is not None and again.attempts == 2
+        # a lease that ran out may be taken over: the old holder's calls then fail
+        later = lease + timedelta(seconds=1)
+        taken = tx.outbox.claim(first.id, owner="c", now=later, until=later + timedelta(minutes=5))
+        assert taken is not None and taken.attempts == 3
+        assert not tx.outbox.remove(first.id, owner="b")
+        assert tx.outbox.remove(first.id, owner="c")
+        assert not tx.outbox.remove(first.id, owner="c")
+        assert tx.outbox.claim(first.id, owner="c", now=later, until=later) is None
+    with store.transaction() as tx:
+        assert [i.id for i in tx.outbox.pending()] == [second.id]

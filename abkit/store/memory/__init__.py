@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import builtins
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from abkit.core.increments import DailySummaries, MetricState, Watermark
 from abkit.core.metrics import Metric
@@ -25,6 +26,7 @@ from abkit.ports import (
     DecisionRecord,
     ExperimentRecord,
     ModelVersion,
+    OutboxItem,
 )
 from abkit.store.memory import analysis
 from abkit.store.memory.maintained import MemoryMaintained
@@ -45,6 +47,8 @@ class _State:
     exposure_seq: dict[tuple[str, str], int] = field(default_factory=dict)
     event_seq: dict[str, int] = field(default_factory=dict)
     maintained: dict[tuple[str, str], MetricState] = field(default_factory=dict)
+    outbox: dict[int, OutboxItem] = field(default_factory=dict)
+    outbox_ids: int = 0
 
     def copy(self) -> _State:
         return _State(
@@ -59,6 +63,8 @@ class _State:
             dict(self.exposure_seq),
             dict(self.event_seq),
             dict(self.maintained),
+            dict(self.outbox),
+            self.outbox_ids,
         )
 
     def number(self, kind: str) -> int:
@@ -273,6 +279,66 @@ class MemoryModels:
         )
 
 
+class MemoryOutbox:
+    def __init__(self, state: _State) -> None:
+        self._s = state
+
+    def add(self, item: OutboxItem) -> OutboxItem:
+        if item.experiment_key not in self._s.experiments:
+            raise NotFoundError(f"experiment {item.experiment_key!r} does not exist")
+        self._s.outbox_ids += 1
+        stored = replace(item, id=self._s.outbox_ids)
+        self._s.outbox[self._s.outbox_ids] = stored
+        return stored
+
+    def pending(self, experiment_key: str | None = None) -> builtins.list[OutboxItem]:
+        return [
+            self._s.outbox[i]
+            for i in sorted(self._s.outbox)
+            if experiment_key is None or self._s.outbox[i].experiment_key == experiment_key
+        ]
+
+    def claim(
+        self, item_id: int, *, owner: str, now: datetime, until: datetime
+    ) -> OutboxItem | None:
+        item = self._s.outbox.get(item_id)
+        if item is None or item.next_attempt_at > now:
+            return None
+        if item.claimed_until is not None and item.claimed_until > now:
+            return None
+        claimed = replace(item, claimed_by=owner, claimed_until=until, attempts=item.attempts + 1)
+        self._s.outbox[item_id] = claimed
+        return claimed
+
+    def observe(self, item_id: int, *, owner: str, observed: Mapping[str, Any]) -> bool:
+        item = self._held(item_id, owner)
+        if item is None or item.observed is not None:
+            return False
+        self._s.outbox[item_id] = replace(item, observed=dict(observed))
+        return True
+
+    def release(
+        self, item_id: int, *, owner: str, error: str, retry_at: datetime, now: datetime
+    ) -> bool:
+        item = self._held(item_id, owner)
+        if item is None:
+            return False
+        self._s.outbox[item_id] = replace(
+            item, claimed_by=None, claimed_until=None, last_error=error, next_attempt_at=retry_at
+        )
+        return True
+
+    def remove(self, item_id: int, *, owner: str) -> bool:
+        if self._held(item_id, owner) is None:
+            return False
+        del self._s.outbox[item_id]
+        return True
+
+    def _held(self, item_id: int, owner: str) -> OutboxItem | None:
+        item = self._s.outbox.get(item_id)
+        return item if item is not None and item.claimed_by == owner else None
+
+
 class MemoryAnalysis:
     def __init__(self, state: _State) -> None:
         self._s = state
@@ -321,6 +387,7 @@ class MemoryTransaction:
         self.decisions = MemoryDecisions(state)
         self.models = MemoryModels(state)
         self.audit = MemoryAudit(state)
+        self.outbox = MemoryOutbox(state)
 
 
 class MemoryStore:
