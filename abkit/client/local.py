@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import logging
 import os
 import random
@@ -64,12 +65,15 @@ from abkit.client.common import (
 from abkit.core.assignment import Assignment, Catalog, CompiledExperiment
 from abkit.core.limits import (
     MAX_BATCH,
+    MAX_EXPERIMENT_KEYS,
+    MAX_FUTURE_SKEW,
     MAX_UNIT_ID_BYTES,
     check_attributes,
     check_event_id,
     check_metric,
     check_unit_id,
     check_value,
+    plainly_valid,
 )
 from abkit.core.model import Reason
 from abkit.core.recent import RecentKeys
@@ -167,17 +171,32 @@ class LocalClient:
     ) -> None:
         """``timeout`` bounds each background call (sending a batch); ``on_config(checksum)``
         is called from the stream's thread after each new config is in service."""
-        # A channel of its own (not shared with other channels to the same target), so that
-        # clients spread over the processes of a multi-process server.
-        self._channel = open_channel(
+        # Channels of its own (not shared with other channels to the same target), so that
+        # clients spread over the processes of a multi-process server; reconnecting after an
+        # outage within 2 s (gRPC's own back-off would grow to 2 minutes). The stream has its
+        # own channel: refused by a full server process, it reconnects on a new connection,
+        # which the kernel may hand to another process.
+        self._open = functools.partial(
+            open_channel,
             target,
             retries=2,
             root_certificates=root_certificates,
             certificate_chain=certificate_chain,
             private_key=private_key,
-            options=(("grpc.use_local_subchannel_pool", 1),),
+            options=(
+                ("grpc.use_local_subchannel_pool", 1),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ),
         )
+        self._channel = self._open()
         self._stub = pb_grpc.AssignmentServiceStub(self._channel)
+        self._stream_channel = self._open()
+        self._handle_sigterm = handle_sigterm
+        self._refused_checksum = ""
+        self._failing: str | None = None
+        self._close_result: bool | None = None
         self._token = token
         self._timeout = timeout
         self._flush_interval = flush_interval
@@ -224,8 +243,8 @@ class LocalClient:
             compiled = config.experiments.get(experiment_key)
             if compiled is None:
                 raise LookupError(_unknown(experiment_key))
-            _check_unit(unit_id, attributes)
-            return self._assign(config, compiled, unit_id, attributes or _NO_ATTRIBUTES)
+            values = _check_unit(unit_id, attributes)
+            return self._assign(config, compiled, unit_id, values)
         except Exception as exc:  # noqa: BLE001 -- evaluation never throws
             return _default(experiment_key, default, exc)
 
@@ -244,12 +263,16 @@ class LocalClient:
         try:
             if config is None or self._closed:
                 raise LookupError(_unavailable(self))
+            if len(defaults) > MAX_EXPERIMENT_KEYS:
+                raise LookupError(
+                    f"INVALID_ARGUMENT: experiment_keys: at most {MAX_EXPERIMENT_KEYS} keys, "
+                    f"got {len(defaults)}"
+                )
             known = config.experiments
             missing = [k for k in defaults if k not in known]
             if missing:
                 raise LookupError(_unknown(missing[0]))
-            _check_unit(unit_id, attributes)
-            values = attributes or _NO_ATTRIBUTES
+            values = _check_unit(unit_id, attributes)
             assign = self._assign
             return {key: assign(config, known[key], unit_id, values) for key in defaults}
         except Exception as exc:  # noqa: BLE001 -- evaluation never throws
@@ -283,6 +306,12 @@ class LocalClient:
                     )
                 )
             else:
+                if not queue.dropped:
+                    log.warning(
+                        "abkit: the exposure queue is full (%d unsent); new exposures are "
+                        "dropped and counted until it drains",
+                        queue.limit,
+                    )
                 queue.dropped += 1
         return config.answers.get(id(a)) or config.answer(a)
 
@@ -333,7 +362,7 @@ class LocalClient:
         while not self._stopping.is_set():
             try:
                 held = self._config.checksum if self._config is not None else ""
-                call = self._stub.WatchConfig(
+                call = pb_grpc.AssignmentServiceStub(self._stream_channel).WatchConfig(
                     pb.WatchConfigRequest(known_checksum=held),
                     metadata=call_metadata(self._token),
                 )
@@ -354,6 +383,11 @@ class LocalClient:
                     break
                 self._stream_error = describe(exc)
                 log.debug("abkit config stream failed: %s", self._stream_error)
+                if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    # This server process holds its most streams: a new connection, which the
+                    # kernel may hand to another process of the server (or another replica).
+                    old, self._stream_channel = self._stream_channel, self._open()
+                    old.close()
             except Exception as exc:
                 self._stream_error = describe(exc)
                 log.exception("abkit config stream failed")
@@ -369,6 +403,8 @@ class LocalClient:
             if config is not None and update.checksum == config.checksum:
                 self._confirmed_at = time.monotonic()
                 return True
+            if update.checksum == self._refused_checksum:
+                return True  # the server still has the config refused before: keep waiting
             self._reject(
                 f"checksum: a heartbeat names config {update.checksum[:12]!r}, this client "
                 f"holds {config.checksum[:12] if config else 'none'!r}"
@@ -377,7 +413,12 @@ class LocalClient:
         try:
             catalog = Catalog(read_update(update))
         except (ConfigRejected, ValidationError) as exc:
+            self._refused_checksum = update.checksum
             self._reject(str(exc))
+            return True
+        except Exception as exc:  # noqa: BLE001 -- e.g. RecursionError on absurd nesting
+            self._refused_checksum = update.checksum
+            self._reject(f"the config could not be read: {describe(exc)}")
             return True
         self._config = _Config(catalog, update.checksum)
         self._confirmed_at = time.monotonic()
@@ -402,13 +443,16 @@ class LocalClient:
             stopping = self._stopping.is_set()
             self._kick.wait(max(self._flush_interval, backoff))
             self._kick.clear()
-            ok = self._send(self._exposures, _exposure_batch, self._stub.LogExposures)
-            ok = self._send(self._events, _event_batch, self._stub.TrackBatch) and ok
+            ok = self._send_all()
             backoff = 0.0 if ok else min(max(backoff * 2, 0.1), 5.0)
             with self._idle:
                 self._idle.notify_all()
             if stopping:
                 return
+
+    def _send_all(self) -> bool:
+        ok = self._send(self._exposures, _exposure_batch, self._stub.LogExposures)
+        return self._send(self._events, _event_batch, self._stub.TrackBatch) and ok
 
     def _send(
         self, queue: _Queue, build: Callable[[list[Any]], Any], method: Callable[..., Any]
@@ -421,12 +465,22 @@ class LocalClient:
             batch = [items.popleft() for _ in range(size)]
             try:
                 queue.sent += self._deliver(batch, build, method, queue)
-            except grpc.RpcError as exc:
+            except Exception as exc:  # noqa: BLE001 -- not refused for good: keep them, retry
                 items.extendleft(reversed(batch))
-                log.debug("abkit: %d rows wait for the server (%s)", len(batch), describe(exc))
+                why = describe(exc)
+                if self._failing is None:
+                    log.warning(
+                        "abkit: cannot send to the server (%s); %d rows wait and are retried",
+                        why,
+                        len(items),
+                    )
+                self._failing = why
                 return False
             finally:
                 self._in_flight = 0
+        if self._failing is not None:
+            log.warning("abkit: sending to the server again (it failed with %s)", self._failing)
+            self._failing = None
         return True
 
     def _deliver(
@@ -493,20 +547,30 @@ class LocalClient:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def close(self, timeout: float = 5.0) -> bool:
-        """Stop assigning, send what is queued (up to ``timeout``), close the channel. True
+        """Stop assigning, send what is queued (up to ``timeout``), close the channels. True
         when everything queued was sent."""
-        if self._closed:
-            return True
+        if self._close_result is not None or self._closed:
+            return bool(self._close_result)
         self._closed = True
+        deadline = time.monotonic() + timeout
         flushed = self.flush(timeout)
         self._stopping.set()
         self._kick.set()
         if self._call is not None:
             self._call.cancel()
-        self._sender.join(timeout)
-        self._watcher.join(timeout)
+        current = threading.current_thread()
+        for thread in (self._sender, self._watcher):
+            if thread is not current:  # close() from an on_config listener: the watcher itself
+                thread.join(max(deadline - time.monotonic(), 0.1))
+        if self._pending() and not self._sender.is_alive():
+            # A caller that assigned while close() began may have queued after the sender's
+            # last pass: one more, from here.
+            self._send_all()
+            flushed = not self._pending()
         self._channel.close()
+        self._stream_channel.close()
         _OPEN.discard(self)
+        self._close_result = flushed
         if not flushed:
             log.error(
                 "abkit: closed with %d exposures and %d events unsent (server unreachable)",
@@ -539,8 +603,11 @@ def _default(key: str, default: str, exc: BaseException) -> ClientAssignment:
     return ClientAssignment(key, "", default, Reason.ERROR, False, str(reason))
 
 
-def _check_unit(unit_id: str, attributes: Mapping[str, AttributeValue] | None) -> None:
-    """The server's checks of a unit and its attributes (the common case without a call)."""
+def _check_unit(
+    unit_id: str, attributes: Mapping[str, AttributeValue] | None
+) -> Mapping[str, AttributeValue]:
+    """The server's checks of a unit and its attributes (the common case without a call); the
+    attributes as the server would see them after the wire."""
     if not (
         type(unit_id) is str
         and 0 < len(unit_id) <= MAX_UNIT_ID_BYTES
@@ -548,8 +615,22 @@ def _check_unit(unit_id: str, attributes: Mapping[str, AttributeValue] | None) -
         and unit_id.isprintable()
     ):
         check_unit_id(unit_id)
-    if attributes:
-        check_attributes(attributes)
+    if not attributes:
+        return _NO_ATTRIBUTES
+    if plainly_valid(attributes):
+        return attributes
+    check_attributes(attributes)
+    return {name: _as_sent(value) for name, value in attributes.items()}
+
+
+def _as_sent(value: AttributeValue) -> AttributeValue:
+    """A value as it arrives through ``AttributeValue``: a ``str`` subclass (an enum) as a plain
+    string, another number as a float."""
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return str(value)
+    return float(value)
 
 
 def _unavailable(client: LocalClient) -> str:
@@ -570,6 +651,11 @@ def _track_request(event: TrackEvent, now: datetime, where: str) -> Any:
     occurred_at = now if event.occurred_at is None else event.occurred_at
     if occurred_at.tzinfo is None:
         raise ValidationError(f"{where}occurred_at", "must carry a time zone")
+    if occurred_at - now > MAX_FUTURE_SKEW:
+        raise ValidationError(
+            f"{where}occurred_at",
+            f"is more than {MAX_FUTURE_SKEW} in the future; the server would refuse it",
+        )
     event_id = (
         check_event_id(event.event_id, f"{where}event_id")
         if event.event_id
@@ -614,31 +700,42 @@ def _event_batch(rows: list[Any]) -> Any:
 
 _OPEN: weakref.WeakSet[LocalClient] = weakref.WeakSet()
 _EXIT_TIMEOUT = 5.0
-_hooks_installed = False
+_atexit_installed = False
+_sigterm_installed = False
 _previous_sigterm: Any = None
 
 
 def _register(client: LocalClient, handle_sigterm: bool) -> None:
-    global _hooks_installed, _previous_sigterm
+    """Flush at exit, always; on SIGTERM, the clients that asked -- the handler is installed by
+    the first such client made in the main thread (Python runs signal handlers there only)."""
+    global _atexit_installed, _sigterm_installed, _previous_sigterm
     _OPEN.add(client)
-    if _hooks_installed:
-        return
-    _hooks_installed = True
-    atexit.register(_close_all)
-    if handle_sigterm and threading.current_thread() is threading.main_thread():
+    if not _atexit_installed:
+        _atexit_installed = True
+        atexit.register(_close_all)
+    if (
+        handle_sigterm
+        and not _sigterm_installed
+        and threading.current_thread() is threading.main_thread()
+    ):
+        _sigterm_installed = True
         _previous_sigterm = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _close_all() -> None:
+    deadline = time.monotonic() + _EXIT_TIMEOUT
     for client in list(_OPEN):
-        client.close(_EXIT_TIMEOUT)
+        client.close(max(deadline - time.monotonic(), 0.1))
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """Send what every client queued, then do what SIGTERM did before (by default: exit)."""
+    """Send what the clients queued (within one shared deadline), then do what SIGTERM did
+    before (by default: exit)."""
+    deadline = time.monotonic() + _EXIT_TIMEOUT
     for client in list(_OPEN):
-        client.flush(_EXIT_TIMEOUT)
+        if client._handle_sigterm:
+            client.flush(max(deadline - time.monotonic(), 0.1))
     previous = _previous_sigterm
     if callable(previous):
         previous(signum, frame)

@@ -115,7 +115,7 @@ class Client:
             if missing:
                 raise LookupError(f"the server did not answer for {missing}")
             return answers
-        except (grpc.RpcError, TypeError, ValueError, LookupError) as exc:
+        except (grpc.RpcError, TypeError, ValueError, LookupError, OverflowError) as exc:
             reason = describe(exc)
             log.warning(
                 "abkit assign failed for %s (%s); serving the defaults", list(defaults), reason

@@ -10,6 +10,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Mapping
+from datetime import timedelta
 
 from abkit.core.targeting import AttributeValue
 from abkit.errors import ValidationError
@@ -24,6 +25,8 @@ MAX_BATCH = 1000
 """Most units per AssignBatch call and events per TrackBatch call."""
 METRIC_PATTERN = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 """Metric names: lower case letter first, then letters, digits, '_' or '.', at most 64."""
+MAX_FUTURE_SKEW = timedelta(hours=1)
+"""Events (and exposures) may be stamped at most this far in the future (client clock skew)."""
 MAX_EVENT_ID_LENGTH = 64
 EVENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
@@ -79,7 +82,11 @@ def check_event_id(event_id: object, field: str = "event_id") -> str:
     return event_id
 
 
-def _plainly_valid(attributes: Mapping[str, AttributeValue]) -> bool:
+_DOUBLE_MAX = 1.7976931348623157e308
+"""The largest finite double (``sys.float_info.max``): a larger integer cannot be sent."""
+
+
+def plainly_valid(attributes: Mapping[str, AttributeValue]) -> bool:
     """The common case, decided cheaply (this runs for every assignment that has attributes):
     printable ASCII names of an acceptable length, strings short enough in any encoding,
     booleans, integers and finite floats. False sends the mapping to the full check."""
@@ -101,7 +108,10 @@ def _plainly_valid(attributes: Mapping[str, AttributeValue]) -> bool:
         elif kind is float:
             if value - value != 0.0:  # type: ignore[operator] # NaN and infinities
                 return False
-        elif kind is not bool and kind is not int:
+        elif kind is int:
+            if not -_DOUBLE_MAX <= value <= _DOUBLE_MAX:  # type: ignore[operator]
+                return False
+        elif kind is not bool:
             return False
     return True
 
@@ -109,7 +119,7 @@ def _plainly_valid(attributes: Mapping[str, AttributeValue]) -> bool:
 def check_attributes(
     attributes: Mapping[str, AttributeValue], field: str = "attributes"
 ) -> Mapping[str, AttributeValue]:
-    if _plainly_valid(attributes):
+    if plainly_valid(attributes):
         return attributes
     if len(attributes) > MAX_ATTRIBUTES:
         raise ValidationError(field, f"at most {MAX_ATTRIBUTES} attributes, got {len(attributes)}")
@@ -129,6 +139,8 @@ def check_attributes(
         elif isinstance(value, bool):
             pass
         elif isinstance(value, int | float):
+            if isinstance(value, int) and not -_DOUBLE_MAX <= value <= _DOUBLE_MAX:
+                raise ValidationError(where, "numbers must fit a double (the wire's number)")
             if not math.isfinite(value):
                 raise ValidationError(where, f"numbers must be finite, got {value!r}")
         else:

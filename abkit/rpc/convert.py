@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from abkit.core.assignment import Assignment
@@ -178,6 +178,9 @@ def event_ids(events: list[Event]) -> list[str]:
     return [e.event_id for e in events]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def exposure_inputs_from_proto(request: Any) -> list[ExposureInput]:
     """The exposures of a ``LogExposuresRequest``, in order (``exposures[i]`` in errors counts
     across groups); the parallel columns of each group are checked here."""
@@ -202,6 +205,6 @@ def exposure_inputs_from_proto(request: Any) -> list[ExposureInput]:
             trace = NO_TRACE
             if traces or spans:
                 trace = TraceRef(traces[i] if traces else "", spans[i] if spans else "")
-            at = datetime.fromtimestamp(times[i] / 1e9, UTC)
+            at = _EPOCH + timedelta(microseconds=times[i] // 1000)  # exact, as Track's
             items.append(ExposureInput(head[0], unit, head[1], head[2], head[3], at, trace))
     return items

@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +23,7 @@ from typing import NamedTuple
 from abkit.core.assignment import Assignment, Catalog, CompiledExperiment
 from abkit.core.limits import (
     MAX_EXPERIMENT_KEYS,
+    MAX_FUTURE_SKEW,
     MAX_UNIT_ID_BYTES,
     check_attributes,
     check_batch,
@@ -40,8 +42,10 @@ from abkit.services.config import ConfigCache
 
 log = logging.getLogger(__name__)
 
-MAX_FUTURE_SKEW = timedelta(hours=1)
-"""Events may be stamped at most this far in the future (client clock skew)."""
+MAX_EXPOSURE_AGE = timedelta(days=7)
+"""A ``LogExposures`` exposure may be at most this old (a client's clock set to 1970 must not
+put exposures before every event)."""
+_CHECKSUM = re.compile(r"[0-9a-f]{16}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +294,18 @@ def _checked_exposure(item: ExposureInput, catalog: Catalog, now: datetime, wher
             f"{where}exposed_at",
             f"is more than {MAX_FUTURE_SKEW} in the future ({item.exposed_at.isoformat()}); "
             "check the client's clock",
+        )
+    if now - item.exposed_at > MAX_EXPOSURE_AGE:
+        raise ValidationError(
+            f"{where}exposed_at",
+            f"is more than {MAX_EXPOSURE_AGE.days} days old ({item.exposed_at.isoformat()}); "
+            "a client's queue never holds one that long: check the client's clock",
+        )
+    if not _CHECKSUM.fullmatch(item.config_checksum):
+        raise ValidationError(
+            f"{where}config_checksum",
+            f"must be the experiment's config checksum (16 lower-case hex digits), got "
+            f"{item.config_checksum[:40]!r}",
         )
     _check_trace(item.trace, where)
     return exposure_head(item.experiment_key, arm.key, arm.model_version, item.config_checksum)

@@ -4,6 +4,7 @@ server's, exposures and events sent in the background, outages, hostile config o
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import random
@@ -124,6 +125,42 @@ def test_an_exposure_is_sent_once_per_unit_and_experiment(
         assert local.flush(10)
         assert local.status().exposures_sent == 50
     assert len(_stored(runtime)) == 50
+
+
+def test_attributes_are_seen_as_the_server_sees_them(served: tuple[GrpcServer, Runtime]) -> None:
+    """An enum (a str or int subclass) crosses the wire as a plain string or number; an integer
+    no double can hold cannot cross it: the local answer is the remote one."""
+    server, runtime = served
+    doc = dict(EXPERIMENT, key="targeted", targeting={"attr": "platform", "in": ["ios"]})
+    runtime.experiments.apply(experiment_from_dict(doc), actor="t", start=True)
+    runtime.config.refresh()
+
+    class Platform(enum.StrEnum):
+        IOS = "ios"
+
+    class Level(enum.IntEnum):
+        GOLD = 3
+
+    with LocalClient(server.address) as local, Client(server.address, timeout=5) as remote:
+        _wait(lambda: local.status().experiments == 2)
+        for attributes in (
+            {"platform": Platform.IOS},
+            {"platform": "ios", "level": Level.GOLD},
+            {"platform": "ios", "n": 10**400},
+            {"platform": "ios", "n": 2**60},
+        ):
+            mine = local.assign("user-1", "targeted", default="x", attributes=attributes)
+            theirs = remote.assign("user-1", "targeted", default="x", attributes=attributes)
+            assert (mine.model_version, mine.reason) == (theirs.model_version, theirs.reason)
+        assert mine.reason is Reason.SPLIT
+
+
+def test_a_second_close_says_what_the_first_did(served: tuple[GrpcServer, Runtime]) -> None:
+    server, _ = served
+    local = LocalClient(server.address)
+    assert local.wait_ready(10)
+    assert local.close() is True
+    assert local.close() is True
 
 
 def test_errors_serve_the_default_and_never_raise(served: tuple[GrpcServer, Runtime]) -> None:
@@ -496,22 +533,28 @@ def test_sigterm_and_interpreter_exit_flush_the_queues(
         assert tx.events.get(f"{how}-event") is not None
 
 
-def test_a_row_the_server_refuses_is_dropped_alone(served: tuple[GrpcServer, Runtime]) -> None:
-    server, runtime = served
-    with LocalClient(server.address, flush_interval=3600) as local:
-        assert local.wait_ready(10)
-        for i in range(10):
-            local.assign(f"user-{i}", KEY, default="ranker-v1")
-        assert local.track(
-            "user-1", "conversion", occurred_at=datetime.now(UTC) + timedelta(days=2)
-        )
-        assert local.track("user-2", "conversion", event_id="fine-event")
-        assert local.flush(10)
-        status = local.status()
-        assert (status.exposures_sent, status.events_sent, status.events_dropped) == (10, 1, 1)
-    assert len(_stored(runtime)) == 10
-    with runtime.store.transaction() as tx:
-        assert tx.events.get("fine-event") is not None
+def test_a_row_the_server_refuses_is_dropped_alone() -> None:
+    """A server that refuses one exposure for good (INVALID_ARGUMENT: say, its experiment was
+    deleted meanwhile) among nine it takes: the client finds it by halves, drops and counts it,
+    and every other row arrives once."""
+    hostile = _Hostile()
+    hostile.refuse = "user-7"
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_AssignmentServiceServicer_to_server(hostile, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with LocalClient(f"127.0.0.1:{port}", flush_interval=3600) as local:
+            hostile.send(_good_update())
+            assert local.wait_ready(10)
+            for i in range(10):
+                local.assign(f"user-{i}", KEY, default="ranker-v1")
+            assert local.flush(10)
+            status = local.status()
+        assert (status.exposures_sent, status.exposures_dropped) == (9, 1)
+        assert sorted(hostile.accepted) == sorted(f"user-{i}" for i in range(10) if i != 7)
+    finally:
+        server.stop(0)
 
 
 # -- the wire: LogExposures, stream limits, authentication ------------------------------------
@@ -529,7 +572,7 @@ def test_log_exposures_refuses_what_the_config_does_not_allow(
             "unit_ids": ["u-1"],
             "arm_key": "candidate",
             "model_version": "ranker-v2",
-            "config_checksum": "c",
+            "config_checksum": "0123456789abcdef",
             "exposed_at_unix_nanos": [int(now.timestamp() * 1e9)],
         } | changes
         return pb.ExposureGroup(**fields)
@@ -545,6 +588,9 @@ def test_log_exposures_refuses_what_the_config_does_not_allow(
             (group(exposed_at_unix_nanos=[later]), "exposures[1].exposed_at"),
             (group(exposed_at_unix_nanos=[]), "groups[1].exposed_at_unix_nanos"),
             (group(trace_ids=["xyz"], span_ids=[""]), "exposures[1].trace_id"),
+            (group(config_checksum="c\nforged\trow"), "exposures[1].config_checksum"),
+            (group(config_checksum="0" * 17), "exposures[1].config_checksum"),
+            (group(exposed_at_unix_nanos=[0]), "exposures[1].exposed_at"),
             (group(trace_ids=["a" * 32, "b" * 32]), "groups[1].trace_ids"),
             (group(unit_ids=[f"u{i}" for i in range(1000)],
                    exposed_at_unix_nanos=[0] * 1000), "groups"),
@@ -626,6 +672,8 @@ class _Hostile(pb_grpc.AssignmentServiceServicer):
         self.queue: list[Any] = []
         self.cond = threading.Condition()
         self.calls = 0
+        self.refuse = ""
+        self.accepted: list[str] = []
 
     def send(self, message: Any) -> None:
         with self.cond:
@@ -633,7 +681,11 @@ class _Hostile(pb_grpc.AssignmentServiceServicer):
             self.cond.notify_all()
 
     def LogExposures(self, request: Any, context: Any) -> Any:
-        return pb.LogExposuresResponse(accepted=len(request.exposures))
+        units = [u for g in request.groups for u in g.unit_ids]
+        if self.refuse in units:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unit {self.refuse} refused")
+        self.accepted.extend(units)
+        return pb.LogExposuresResponse(accepted=len(units))
 
     def WatchConfig(self, request: Any, context: Any) -> Iterator[Any]:
         with self.cond:
@@ -702,6 +754,11 @@ def test_hostile_config_keeps_the_last_good_one_and_says_why() -> None:
                 u.checksum = "0" * 64
                 return u
 
+            def absurd_nesting() -> Any:  # json.loads raises RecursionError, not ValueError
+                u = _good_update("ranker-v3")
+                u.experiments[0].targeting_json = "[" * 100_000 + "]" * 100_000
+                return u
+
             def stray_heartbeat() -> Any:
                 return config_wire.heartbeat("f" * 64)
 
@@ -712,14 +769,21 @@ def test_hostile_config_keeps_the_last_good_one_and_says_why() -> None:
                 (unknown_status, "status"),
                 (lost_salt, "config_checksum"),
                 (wrong_checksum, "checksum"),
+                (absurd_nesting, "could not be read"),
                 (stray_heartbeat, "heartbeat"),
             ]
             for n, (make, why) in enumerate(cases, start=1):
-                hostile.send(make())
+                message = make()
+                hostile.send(message)
                 _wait(lambda n=n: local.status().rejected_configs == n)  # type: ignore[misc]
                 assert why in (local.status().last_rejection or ""), local.status()
                 answer = local.assign(unit, KEY, default="x")
                 assert (answer.model_version, answer.reason) == ("ranker-v2", Reason.SPLIT)
+                if message.full:
+                    # The server's heartbeats name the config refused: not another refusal.
+                    hostile.send(config_wire.heartbeat(message.checksum))
+                    time.sleep(0.3)
+                    assert local.status().rejected_configs == n
             # The stray heartbeat made the client resume on a new stream; a good config on it is
             # taken.
             _wait(lambda: hostile.calls == 2)
@@ -891,3 +955,34 @@ def test_a_stale_config_is_served_and_says_so_in_a_metric(sqlite_url: str) -> No
     assert reason == "SPLIT", err  # the last config, still served
     assert stale == "[1]"
     assert float(age.strip("[]")) > 0.5
+
+
+def test_a_client_refused_by_a_full_process_finds_the_other(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Two server processes holding one stream each: the client a full process refuses opens a
+    new connection (which the kernel may route to the other process) until it is served."""
+    store = SqlStore.from_url(sqlite_url)
+    runtime = Runtime(Settings(database_url=sqlite_url), store)
+    runtime.experiments.apply(experiment_from_dict(EXPERIMENT), actor="t", start=True)
+    env = {
+        "ABKIT_DATABASE_URL": sqlite_url,
+        "ABKIT_SPOOL_DIR": str(tmp_path / "spool"),
+        "ABKIT_CONFIG_STREAMS": "1",
+    }
+    proc = abkit_process(["grpc", "--address", "127.0.0.1:0", "--processes", "2"], env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "listening" in line, proc.communicate(timeout=30)
+    port = int(line.split("(port ", 1)[1].split(",")[0].rstrip(")\n"))
+    clients = [LocalClient(f"127.0.0.1:{port}") for _ in range(2)]
+    try:
+        for c in clients:
+            assert c.wait_ready(60), c.status()
+        assert sorted(established(pid, port) > 0 for pid in children(proc.pid)) == [True, True]
+    finally:
+        for c in clients:
+            c.close(1)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        runtime.close()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from abkit.core.limits import MAX_ATTRIBUTE_STRING_BYTES, _plainly_valid, check_attributes
+from abkit.core.limits import MAX_ATTRIBUTE_STRING_BYTES, check_attributes, plainly_valid
 from abkit.errors import ValidationError
 
 values = st.one_of(
@@ -33,7 +33,7 @@ def _fully_valid(attributes: dict[object, object]) -> bool:
 
 @given(attribute_maps)
 def test_the_fast_path_never_accepts_what_the_full_check_refuses(attributes: dict) -> None:  # type: ignore[type-arg]
-    if _plainly_valid(attributes):
+    if plainly_valid(attributes):
         assert _fully_valid(attributes)
 
 
@@ -48,10 +48,11 @@ def test_the_fast_path_never_accepts_what_the_full_check_refuses(attributes: dic
         ({"a\nb": "x"}, "attributes['a\\nb']"),
         ({f"k{i}": 1 for i in range(65)}, "attributes"),
         ({"o": object()}, "attributes['o']"),
+        ({"big": 10**400}, "attributes['big']"),
     ],
 )
 def test_invalid_attributes_are_named(attributes: dict, field: str) -> None:  # type: ignore[type-arg]
-    assert not _plainly_valid(attributes)
+    assert not plainly_valid(attributes)
     with pytest.raises(ValidationError) as info:
         check_attributes(attributes)
     assert info.value.field == field
@@ -59,5 +60,5 @@ def test_invalid_attributes_are_named(attributes: dict, field: str) -> None:  # 
 
 def test_common_attributes_take_the_fast_path() -> None:
     attributes = {"country": "US", "app_version": 130, "score": 0.5, "vip": True}
-    assert _plainly_valid(attributes)
+    assert plainly_valid(attributes)
     assert check_attributes(attributes) is attributes
