@@ -210,6 +210,7 @@ class LocalClient:
         self._last_rejection: str | None = None
         self._call: Any = None
         self._logged = RecentKeys(recent_exposures)
+        self._first_exposure = self._logged.first
         self._exposures = _Queue(max_queued)
         self._events = _Queue(max_queued)
         self._closed = False
@@ -243,7 +244,16 @@ class LocalClient:
             compiled = config.experiments.get(experiment_key)
             if compiled is None:
                 raise LookupError(_unknown(experiment_key))
-            values = _check_unit(unit_id, attributes)
+            if (
+                type(unit_id) is str
+                and 0 < len(unit_id) <= MAX_UNIT_ID_BYTES
+                and unit_id.isascii()
+                and unit_id.isprintable()
+                and (not attributes or plainly_valid(attributes))
+            ):  # the common case, checked inline (this is the hot path)
+                values = attributes or _NO_ATTRIBUTES
+            else:
+                values = _check_unit(unit_id, attributes)
             return self._assign(config, compiled, unit_id, values)
         except Exception as exc:  # noqa: BLE001 -- evaluation never throws
             return _default(experiment_key, default, exc)
@@ -287,7 +297,7 @@ class LocalClient:
     ) -> ClientAssignment:
         """Assign a checked unit; queue its exposure the first time it is randomized."""
         a = compiled.assign(unit_id, attributes)
-        if a.in_experiment and self._logged.first((a.experiment_key, unit_id)):
+        if a.in_experiment and self._first_exposure((a.experiment_key, unit_id)):
             queue = self._exposures
             if len(queue.items) < queue.limit:
                 ids = get_current_span().get_span_context()
@@ -478,9 +488,9 @@ class LocalClient:
                 return False
             finally:
                 self._in_flight = 0
-        if self._failing is not None:
-            log.warning("abkit: sending to the server again (it failed with %s)", self._failing)
-            self._failing = None
+            if self._failing is not None:  # a batch went through: the server takes rows again
+                log.warning("abkit: sending to the server again (it failed: %s)", self._failing)
+                self._failing = None
         return True
 
     def _deliver(

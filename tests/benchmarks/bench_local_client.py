@@ -3,8 +3,10 @@ SDK and against a gRPC ``Assign`` through ``Client``; its memory; config propaga
 
 Setup: a scratch PostgreSQL database with **1,000 running experiments**, each the question of
 ``bench_peers`` (coverage 90 %, targeting ``country in [US, CA, GB] and app_version >= 120``, two
-arms), served by one ``abkit grpc`` process. In each of 3 interleaved rounds, with units **new
-in every round** (the round is in the unit id):
+arms), served by one ``abkit grpc`` process. In each of 5 interleaved rounds, with units **new
+in every round** (the round is in the unit id), each timed ``LocalClient`` phase starting 2 s
+after the previous phase's rows were written and checked (PostgreSQL's work on ~600,000 rows a
+round otherwise lands on the first phase timed after it):
 
 * ``local_one``: ``LocalClient.assign`` of 100,000 new units on one experiment, attributes
   passed -- the answer, plus the exposure enqueued (deduplication, time, the caller's trace),
@@ -65,7 +67,8 @@ MANY = 50
 ONE_UNITS = 100_000
 MANY_UNITS = 10_000
 REMOTE_UNITS = 3_000
-ROUNDS = 3
+ROUNDS = 5
+SETTLE_SECONDS = 2.0
 ATTRIBUTES = {"country": "US", "app_version": 130}
 GOAL_US = 3.0
 GOAL_GROWTHBOOK = 10.0
@@ -236,10 +239,12 @@ def main() -> None:
                 if not c.wait_ready(60) or c.status().experiments != EXPERIMENTS:
                     raise SystemExit(f"the client did not get the config: {c.status()}")
             for r in range(ROUNDS):
+                time.sleep(SETTLE_SECONDS)  # the last round's writes and checks are over
                 one_us, one_in = local_one(quiet, f"r{r}-one")
                 sent_us, sent_in = local_one(client, f"r{r}-sent")
                 send(client, quiet)
                 gb_one = growthbook(f"r{r}-gb-one", 1, ONE_UNITS)
+                time.sleep(SETTLE_SECONDS)
                 many_us, many_in = local_many(quiet, f"r{r}-many")
                 send(client, quiet)
                 gb_many = growthbook(f"r{r}-gb-many", MANY, MANY_UNITS)
