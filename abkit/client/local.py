@@ -11,11 +11,13 @@ microseconds and no network. What the server still has to know travels in the ba
   OpenTelemetry trace of the assignment, sent in batches by ``LogExposures``;
 * **events** (``track``), stamped and given an id when tracked, sent by ``TrackBatch``.
 
-A sender thread sends them every ``flush_interval``; a batch the server cannot take now
-(UNAVAILABLE, a deadline) is retried with back-off, in order, until it is; a batch it refuses
-(INVALID_ARGUMENT: say, an experiment deleted meanwhile) is split to find the refused rows,
-which are dropped, counted and logged. The queues are bounded (``max_queued`` rows each; beyond
-it new rows are dropped and counted -- the caller is never blocked). They are flushed by
+A sender thread sends them every ``flush_interval``; a batch that fails for any reason but a
+refusal for good (the server away, a deadline, a wrong token) is kept and retried with back-off,
+in order, until it goes through (a warning when sending starts failing, another when it works
+again); a batch the server refuses for good (INVALID_ARGUMENT or NOT_FOUND: say, an experiment
+deleted meanwhile) is split to find the refused rows, which are dropped, counted and logged.
+The queues are bounded (``max_queued`` rows each; beyond it new rows are dropped and counted --
+the caller is never blocked). They are flushed by
 :meth:`LocalClient.close`, at interpreter exit and on SIGTERM.
 
 Never throws on evaluation: no config yet (the server could not be reached since start), an
