@@ -68,13 +68,10 @@ from abkit.core.assignment import Assignment, Catalog, CompiledExperiment
 from abkit.core.limits import (
     MAX_BATCH,
     MAX_EXPERIMENT_KEYS,
-    MAX_FUTURE_SKEW,
     MAX_UNIT_ID_BYTES,
     check_attributes,
-    check_event_id,
-    check_metric,
+    check_event,
     check_unit_id,
-    check_value,
     plainly_valid,
 )
 from abkit.core.model import Reason
@@ -657,22 +654,10 @@ def _unknown(key: str) -> str:
 
 
 def _track_request(event: TrackEvent, now: datetime, where: str) -> Any:
-    check_unit_id(event.unit_id, f"{where}unit_id")
-    check_metric(event.metric, f"{where}metric")
-    value = check_value(event.value, f"{where}value")
-    occurred_at = now if event.occurred_at is None else event.occurred_at
-    if occurred_at.tzinfo is None:
-        raise ValidationError(f"{where}occurred_at", "must carry a time zone")
-    if occurred_at - now > MAX_FUTURE_SKEW:
-        raise ValidationError(
-            f"{where}occurred_at",
-            f"is more than {MAX_FUTURE_SKEW} in the future; the server would refuse it",
-        )
-    event_id = (
-        check_event_id(event.event_id, f"{where}event_id")
-        if event.event_id
-        else os.urandom(16).hex()
+    value, occurred_at, event_id = check_event(
+        event.unit_id, event.metric, event.value, event.occurred_at, event.event_id, now, where
     )
+    event_id = event_id or os.urandom(16).hex()  # retries stay idempotent
     request = pb.TrackRequest(
         unit_id=event.unit_id, metric=event.metric, value=value, event_id=event_id
     )

@@ -10,7 +10,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from abkit.core.targeting import AttributeValue
 from abkit.errors import ValidationError
@@ -147,6 +147,34 @@ def check_attributes(
         else:
             raise ValidationError(where, "must be a string, a number or a boolean")
     return attributes
+
+
+def check_event(
+    unit_id: object,
+    metric: object,
+    value: object,
+    occurred_at: datetime | None,
+    event_id: str,
+    now: datetime,
+    prefix: str = "",
+) -> tuple[float, datetime, str]:
+    """A KPI event's fields as the server checks them (``prefix`` names the event in a batch):
+    its value, its time (``now`` when absent) and its id ("" when absent: the caller makes one).
+    """
+    check_unit_id(unit_id, f"{prefix}unit_id")
+    check_metric(metric, f"{prefix}metric")
+    number = check_value(value, f"{prefix}value")
+    at = now if occurred_at is None else occurred_at
+    if at.tzinfo is None:
+        raise ValidationError(f"{prefix}occurred_at", "must carry a time zone")
+    if at - now > MAX_FUTURE_SKEW:
+        raise ValidationError(
+            f"{prefix}occurred_at",
+            f"is more than {MAX_FUTURE_SKEW} in the future ({at.isoformat()}); "
+            "check the client's clock",
+        )
+    checked_id = check_event_id(event_id, f"{prefix}event_id") if event_id else ""
+    return number, at, checked_id
 
 
 def check_batch(size: int, field: str) -> None:

@@ -27,10 +27,8 @@ from abkit.core.limits import (
     MAX_UNIT_ID_BYTES,
     check_attributes,
     check_batch,
-    check_event_id,
-    check_metric,
+    check_event,
     check_unit_id,
-    check_value,
 )
 from abkit.core.model import Event, check_key
 from abkit.core.recent import RecentKeys
@@ -244,23 +242,10 @@ class AssignmentService:
 
     @staticmethod
     def _event(item: TrackInput, now: datetime, trace: TraceRef, prefix: str) -> Event:
-        check_unit_id(item.unit_id, f"{prefix}unit_id")
-        check_metric(item.metric, f"{prefix}metric")
-        value = check_value(item.value, f"{prefix}value")
-        occurred_at = now if item.occurred_at is None else item.occurred_at
-        if occurred_at.tzinfo is None:
-            raise ValidationError(f"{prefix}occurred_at", "must carry a time zone")
-        if occurred_at - now > MAX_FUTURE_SKEW:
-            raise ValidationError(
-                f"{prefix}occurred_at",
-                f"is more than {MAX_FUTURE_SKEW} in the future ({occurred_at.isoformat()}); "
-                "check the client's clock",
-            )
-        event_id = (
-            check_event_id(item.event_id, f"{prefix}event_id")
-            if item.event_id
-            else (os.urandom(16).hex())
+        value, occurred_at, event_id = check_event(
+            item.unit_id, item.metric, item.value, item.occurred_at, item.event_id, now, prefix
         )
+        event_id = event_id or os.urandom(16).hex()
         return Event(
             event_id, item.unit_id, item.metric, value, occurred_at, trace.trace_id, trace.span_id
         )

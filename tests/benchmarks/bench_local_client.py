@@ -56,6 +56,7 @@ from abkit.core.spec import experiment_from_dict
 from abkit.infra.clock import SystemClock
 from abkit.services.experiments import ExperimentService
 from abkit.store.sql import SqlStore
+from tests.benchmarks.bench_peers import experiment_doc
 from tests.benchmarks.common import scratch_database
 from tests.integration.test_local_client import _propagation
 from tests.serving import abkit_process
@@ -73,23 +74,6 @@ ATTRIBUTES = {"country": "US", "app_version": 130}
 GOAL_US = 3.0
 GOAL_GROWTHBOOK = 10.0
 GOAL_PROPAGATION_S = 1.0
-
-
-def experiment_doc(i: int) -> dict[str, object]:
-    return {
-        "key": f"exp-{i}",
-        "coverage": 0.9,
-        "targeting": {
-            "all": [
-                {"attr": "country", "in": ["US", "CA", "GB"]},
-                {"attr": "app_version", "gte": 120},
-            ]
-        },
-        "arms": [
-            {"key": "control", "model_version": "v1", "weight": 0.5, "control": True},
-            {"key": "treatment", "model_version": "v2", "weight": 0.5},
-        ],
-    }
 
 
 GROWTHBOOK = r"""

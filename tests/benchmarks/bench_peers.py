@@ -36,29 +36,32 @@ GOAL_US = 2.5
 GOAL_RATIO = 10.0
 
 
+def experiment_doc(i: int) -> dict[str, object]:
+    """Experiment ``exp-{i}``: coverage 90 %, the targeting condition, two arms -- the question
+    every peer is asked (``bench_local_client`` asks ``LocalClient`` the same)."""
+    return {
+        "key": f"exp-{i}",
+        "coverage": 0.9,
+        "targeting": {
+            "all": [
+                {"attr": "country", "in": ["US", "CA", "GB"]},
+                {"attr": "app_version", "gte": 120},
+            ]
+        },
+        "arms": [
+            {"key": "control", "model_version": "v1", "weight": 0.5, "control": True},
+            {"key": "treatment", "model_version": "v2", "weight": 0.5},
+        ],
+    }
+
+
 def abkit_pass(experiments: int, users: int):  # type: ignore[no-untyped-def]
     """A function that runs one pass of abkit over ``users`` users; returns µs per
     experiment-assignment."""
     from abkit.core.assignment import Catalog
     from abkit.core.spec import experiment_from_dict
 
-    docs = [
-        {
-            "key": f"exp-{i}",
-            "coverage": 0.9,
-            "targeting": {
-                "all": [
-                    {"attr": "country", "in": ["US", "CA", "GB"]},
-                    {"attr": "app_version", "gte": 120},
-                ]
-            },
-            "arms": [
-                {"key": "control", "model_version": "v1", "weight": 0.5, "control": True},
-                {"key": "treatment", "model_version": "v2", "weight": 0.5},
-            ],
-        }
-        for i in range(experiments)
-    ]
+    docs = [experiment_doc(i) for i in range(experiments)]
     catalog = Catalog(experiment_from_dict(d, status="running") for d in docs)
     ids = [f"user-{i:08d}" for i in range(users)]
     attrs = {"country": "US", "app_version": 130}
