@@ -54,6 +54,7 @@ from typing import Any
 
 import grpc
 from opentelemetry import metrics
+from opentelemetry.context import get_current
 from opentelemetry.trace import get_current_span
 
 from abkit.client.common import (
@@ -69,6 +70,7 @@ from abkit.core.limits import (
     MAX_BATCH,
     MAX_EXPERIMENT_KEYS,
     MAX_UNIT_ID_BYTES,
+    PlainNames,
     check_attributes,
     check_event,
     check_unit_id,
@@ -210,6 +212,7 @@ class LocalClient:
         self._call: Any = None
         self._logged = RecentKeys(recent_exposures)
         self._first_exposure = self._logged.first
+        self._plain = PlainNames().plainly_valid
         self._exposures = _Queue(max_queued)
         self._events = _Queue(max_queued)
         self._closed = False
@@ -248,12 +251,15 @@ class LocalClient:
                 and 0 < len(unit_id) <= MAX_UNIT_ID_BYTES
                 and unit_id.isascii()
                 and unit_id.isprintable()
-                and (not attributes or plainly_valid(attributes))
+                and (not attributes or self._plain(attributes))
             ):  # the common case, checked inline (this is the hot path)
                 values = attributes or _NO_ATTRIBUTES
             else:
                 values = _check_unit(unit_id, attributes)
-            return self._assign(config, compiled, unit_id, values)
+            a = compiled.assign(unit_id, values)
+            if a.in_experiment and self._first_exposure(a.experiment_key, unit_id):
+                self._enqueue((a,), unit_id)
+            return config.answers.get(id(a)) or config.answer(a)
         except Exception as exc:  # noqa: BLE001 -- evaluation never throws
             return _default(experiment_key, default, exc)
 
@@ -282,47 +288,55 @@ class LocalClient:
             if missing:
                 raise LookupError(_unknown(missing[0]))
             values = _check_unit(unit_id, attributes)
-            assign = self._assign
-            return {key: assign(config, known[key], unit_id, values) for key in defaults}
+            first, answers = self._first_exposure, config.answers
+            fresh: list[Assignment] = []
+            result = {}
+            for key in defaults:  # what assign() does, inline: this loop is the hot path
+                a = known[key].assign(unit_id, values)
+                if a.in_experiment and first(a.experiment_key, unit_id):
+                    fresh.append(a)
+                result[key] = answers.get(id(a)) or config.answer(a)
+            if fresh:
+                self._enqueue(fresh, unit_id)
+            return result
         except Exception as exc:  # noqa: BLE001 -- evaluation never throws
             return {key: _default(key, default, exc) for key, default in defaults.items()}
 
-    def _assign(
-        self,
-        config: _Config,
-        compiled: CompiledExperiment,
-        unit_id: str,
-        attributes: Mapping[str, AttributeValue],
-    ) -> ClientAssignment:
-        """Assign a checked unit; queue its exposure the first time it is randomized."""
-        a = compiled.assign(unit_id, attributes)
-        if a.in_experiment and self._first_exposure((a.experiment_key, unit_id)):
-            queue = self._exposures
-            if len(queue.items) < queue.limit:
-                ids = get_current_span().get_span_context()
-                # Strings and ints only: the tuple is soon untracked by the garbage collector,
-                # so a long queue does not slow every collection down (an answer object would).
-                queue.items.append(
-                    (
-                        a.experiment_key,
-                        a.arm_key,
-                        a.model_version,
-                        a.config_checksum,
-                        unit_id,
-                        time.time_ns(),
-                        ids.trace_id,
-                        ids.span_id,
-                    )
+    def _enqueue(self, answers: Sequence[Assignment], unit_id: str) -> None:
+        """Queue the exposures of a unit's first randomized answers, stamped with the time and
+        the caller's trace (none: no context at all, the common case without a tracing SDK)."""
+        queue = self._exposures
+        items = queue.items
+        if len(items) + len(answers) > queue.limit:
+            if not queue.dropped:
+                log.warning(
+                    "abkit: the exposure queue is full (%d unsent); new exposures are "
+                    "dropped and counted until it drains",
+                    queue.limit,
                 )
-            else:
-                if not queue.dropped:
-                    log.warning(
-                        "abkit: the exposure queue is full (%d unsent); new exposures are "
-                        "dropped and counted until it drains",
-                        queue.limit,
-                    )
-                queue.dropped += 1
-        return config.answers.get(id(a)) or config.answer(a)
+            queue.dropped += len(answers)
+            return
+        at = time.time_ns()
+        if get_current():
+            ids = get_current_span().get_span_context()
+            trace_id, span_id = ids.trace_id, ids.span_id
+        else:
+            trace_id = span_id = 0
+        for a in answers:
+            # Strings and ints only: the tuple is soon untracked by the garbage collector,
+            # so a long queue does not slow every collection down (an answer object would).
+            items.append(
+                (
+                    a.experiment_key,
+                    a.arm_key,
+                    a.model_version,
+                    a.config_checksum,
+                    unit_id,
+                    at,
+                    trace_id,
+                    span_id,
+                )
+            )
 
     # -- tracking --------------------------------------------------------------------------------
 

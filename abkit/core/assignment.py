@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import accumulate
 
-from abkit.core.hashing import below, coverage_seed, holdout_seed, layer_seed, sha256
+from abkit.core.hashing import Hasher, below, coverage_seed, holdout_seed, layer_seed, seeded
 from abkit.core.model import Experiment, ExperimentStatus, Exposure, Reason, validate_catalog
 from abkit.core.rows import exposure_head
 from abkit.core.targeting import Attributes, compile_condition
@@ -83,10 +83,6 @@ class Assignment:
         )
 
 
-def _prefix(seed: str) -> bytes:
-    return f"{seed}:".encode()
-
-
 class CompiledExperiment:
     """An :class:`Experiment` with seeds encoded, thresholds computed and answers prebuilt.
 
@@ -118,6 +114,8 @@ class CompiledExperiment:
             arm = by_key[experiment.rollout_arm]
             rollout = Assignment(key, arm.key, arm.model_version, Reason.CONCLUDED)
         layer, holdout = experiment.layer, experiment.holdout
+        held = holdout if holdout is not None and holdout.fraction > 0 else None
+        covered = experiment.coverage >= 1.0
         self.assign = _assign_function(
             not_running=experiment.status in (ExperimentStatus.DRAFT, ExperimentStatus.PAUSED),
             control=self.control,
@@ -126,15 +124,15 @@ class CompiledExperiment:
                 unit: Assignment(key, arm, by_key[arm].model_version, Reason.OVERRIDE)
                 for unit, arm in experiment.overrides.items()
             },
-            holdout=None if holdout is None or holdout.fraction <= 0 else below(holdout.fraction),
-            holdout_prefix=b"" if holdout is None else _prefix(holdout_seed(holdout.key)),
-            layer_prefix=b"" if layer is None else _prefix(layer_seed(layer.layer)),
+            holdout=None if held is None else below(held.fraction),
+            holdout_copy=None if held is None else seeded(holdout_seed(held.key)).copy,
+            layer_copy=None if layer is None else seeded(layer_seed(layer.layer)).copy,
             layer_start=b"" if layer is None else below(layer.start),
             layer_end=b"" if layer is None else below(layer.end),
-            coverage=None if experiment.coverage >= 1.0 else below(experiment.coverage),
-            coverage_prefix=_prefix(coverage_seed(experiment.salt)),
+            coverage=None if covered else below(experiment.coverage),
+            coverage_copy=None if covered else seeded(coverage_seed(experiment.salt)).copy,
             targeting=compile_condition(experiment.targeting),
-            arm_prefix=_prefix(experiment.salt),
+            arm_copy=seeded(experiment.salt).copy,
             thresholds=tuple(below(c) for c in cumulative[:-1]),
             split=split,
             miss=miss,
@@ -148,14 +146,14 @@ def _assign_function(
     rollout: Assignment | None,
     overrides: dict[str, Assignment],
     holdout: bytes | None,
-    holdout_prefix: bytes,
-    layer_prefix: bytes,
+    holdout_copy: Callable[[], Hasher] | None,
+    layer_copy: Callable[[], Hasher] | None,
     layer_start: bytes,
     layer_end: bytes,
     coverage: bytes | None,
-    coverage_prefix: bytes,
+    coverage_copy: Callable[[], Hasher] | None,
     targeting: Callable[[Attributes], bool] | None,
-    arm_prefix: bytes,
+    arm_copy: Callable[[], Hasher],
     thresholds: tuple[bytes, ...],
     split: tuple[Assignment, ...],
     miss: dict[Reason, Assignment],
@@ -164,6 +162,7 @@ def _assign_function(
     layer_miss = miss[Reason.NOT_IN_LAYER]
     coverage_miss = miss[Reason.NOT_IN_COVERAGE]
     targeting_miss = miss[Reason.TARGETING_MISS]
+    # Each question's digest: its seed's state (hashing.seeded) copied and fed the unit.
 
     def assign(unit_id: str, attributes: Attributes = _NO_ATTRIBUTES) -> Assignment:
         if not_running:
@@ -177,17 +176,27 @@ def _assign_function(
             if override is not None:
                 return override
         unit = unit_id.encode()
-        if holdout is not None and sha256(holdout_prefix + unit).digest() < holdout:
-            return holdout_miss
-        if layer_prefix:
-            digest = sha256(layer_prefix + unit).digest()
+        if holdout_copy is not None:
+            h = holdout_copy()
+            h.update(unit)
+            if h.digest() < holdout:  # type: ignore[operator]
+                return holdout_miss
+        if layer_copy is not None:
+            h = layer_copy()
+            h.update(unit)
+            digest = h.digest()
             if digest < layer_start or digest >= layer_end:
                 return layer_miss
-        if coverage is not None and sha256(coverage_prefix + unit).digest() >= coverage:
-            return coverage_miss
+        if coverage_copy is not None:
+            h = coverage_copy()
+            h.update(unit)
+            if h.digest() >= coverage:  # type: ignore[operator]
+                return coverage_miss
         if targeting is not None and not targeting(attributes):
             return targeting_miss
-        return split[bisect_right(thresholds, sha256(arm_prefix + unit).digest())]
+        h = arm_copy()
+        h.update(unit)
+        return split[bisect_right(thresholds, h.digest())]
 
     return assign
 

@@ -1,40 +1,59 @@
-"""A bounded memory of recently seen keys (which units' exposures were already sent)."""
+"""A bounded memory of recently seen (experiment, unit) pairs: whose exposures were sent."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 
 class RecentKeys:
-    """A bounded set of recently seen keys: two generations, the older dropped when full.
+    """A bounded set of recently seen ``(experiment_key, unit_id)`` pairs: two generations, the
+    older dropped when the newer holds ``capacity / 2`` pairs.
 
-    Remembers at least ``capacity / 2`` and at most ``capacity`` of the latest keys; forgetting
-    one only costs a redundant (idempotent) write later, never a wrong answer. Not locked: set
-    operations are atomic under the GIL, and the one race (two threads rotating generations at
-    once) can only forget keys.
+    Remembers at least ``capacity / 2`` and at most ``capacity`` of the latest pairs; forgetting
+    one only costs a redundant (idempotent) write later, never a wrong answer. Each generation
+    maps an experiment to the set of its units: a check is a dict and a set lookup on strings
+    whose hashes are cached, with no pair built -- half the cost of a set of tuples on the
+    client's hot path. Not locked: dict and set operations are atomic under the GIL, and the
+    races (two threads rotating at once, a lost count) can only forget pairs or rotate late by a
+    few.
     """
 
-    __slots__ = ("_capacity", "_current", "_previous")
+    __slots__ = ("_count", "_current", "_half", "_previous")
 
     def __init__(self, capacity: int) -> None:
-        self._capacity = max(2, capacity)
-        self._current: set[tuple[str, str]] = set()
-        self._previous: set[tuple[str, str]] = set()
+        self._half = max(1, capacity // 2)
+        self._current: dict[str, set[str]] = {}
+        self._previous: dict[str, set[str]] = {}
+        self._count = 0  # pairs in the current generation
 
     def __contains__(self, key: object) -> bool:
-        return key in self._current or key in self._previous
+        experiment, unit = cast(tuple[str, str], key)  # a pair, as update() takes
+        units = self._current.get(experiment)
+        if units is not None and unit in units:
+            return True
+        units = self._previous.get(experiment)
+        return units is not None and unit in units
+
+    def __len__(self) -> int:
+        return self._count + sum(len(units) for units in self._previous.values())
 
     def update(self, keys: Iterable[tuple[str, str]]) -> None:
-        self._current.update(keys)
-        if len(self._current) >= self._capacity // 2:
-            self._previous, self._current = self._current, set()
+        for experiment, unit in keys:
+            self.first(experiment, unit)
 
-    def first(self, key: tuple[str, str]) -> bool:
-        """True, and remember ``key``, unless it was seen recently (one call on a hot path)."""
-        current = self._current
-        if key in current or key in self._previous:
+    def first(self, experiment: str, unit: str) -> bool:
+        """True, and remember the pair, unless it was seen recently (one call on a hot path)."""
+        units = self._current.get(experiment)
+        if units is not None and unit in units:
             return False
-        current.add(key)
-        if len(current) >= self._capacity // 2:
-            self._previous, self._current = current, set()
+        older = self._previous.get(experiment)
+        if older is not None and unit in older:
+            return False
+        if units is None:
+            units = self._current[experiment] = set()
+        units.add(unit)
+        self._count += 1
+        if self._count >= self._half:
+            self._previous, self._current, self._count = self._current, {}, 0
         return True

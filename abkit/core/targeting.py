@@ -240,6 +240,11 @@ def compile_condition(condition: Condition | None) -> Predicate | None:
     return predicate
 
 
+_NUMBER = "((t := type(v := a.get({key}))) is int or t is float or _number(v))"
+"""``_number(a.get(key))``, bound to ``v``, with the common exact types tested inline (a call
+costs more than the comparison): a bool is neither, a subclass of int or float goes to the call."""
+
+
 def _constant(namespace: dict[str, Any], prefix: str, value: object) -> str:
     name = f"{prefix}{sum(1 for k in namespace if k.startswith(prefix))}"
     namespace[name] = value
@@ -268,13 +273,13 @@ def _expression(c: Condition, ns: dict[str, Any]) -> str:
     if c.op in _NUMERIC_OPS:
         bound = _constant(ns, "c", float(value))
         symbol = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[c.op]
-        return f"(_number(v := a.get({key})) and v {symbol} {bound})"
+        return f"({_NUMBER.format(key=key)} and v {symbol} {bound})"
     if isinstance(value, bool):
         same = f"(a.get({key}) is {value})"
     elif isinstance(value, str):
         same = f"(type(v := a.get({key})) is str and v == {_constant(ns, 'c', value)})"
     else:
-        same = f"(_number(v := a.get({key})) and v == {_constant(ns, 'c', value)})"
+        same = f"({_NUMBER.format(key=key)} and v == {_constant(ns, 'c', value)})"
     return same if c.op == "eq" else f"({key} in a and not {same})"
 
 

@@ -99,13 +99,16 @@ def test_assigns_like_the_server_and_sends_exposures_with_the_callers_trace(
         units = [f"user-{i}" for i in range(200)]
         with tracer.start_as_current_span("request") as span:
             answers = [local.assign(u, KEY, default="ranker-v1") for u in units]
+        untraced = [f"untraced-{i}" for i in range(20)]  # no span, no context at all
+        assert all(local.assign(u, KEY, default="x").in_experiment for u in untraced)
         assert local.flush(10)
-        assert local.status().exposures_sent == 200
+        assert local.status().exposures_sent == 220
         assert [remote.assign(u, KEY, default="x") for u in units] == answers
         assert {a.reason for a in answers} == {Reason.SPLIT}
         assert {a.model_version for a in answers} == {"ranker-v1", "ranker-v2"}
     stored = _stored(runtime)
-    assert set(stored) == set(units)
+    assert set(stored) == set(units) | set(untraced)
+    assert {stored[u].trace_id for u in untraced} == {""}
     trace_id = f"{span.get_span_context().trace_id:032x}"
     for unit, answer in zip(units, answers, strict=True):
         # The local client's exposure is stored (the remote client's Assign is a duplicate).

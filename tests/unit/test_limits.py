@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from abkit.core.limits import MAX_ATTRIBUTE_STRING_BYTES, check_attributes, plainly_valid
+from abkit.core.limits import (
+    MAX_ATTRIBUTE_STRING_BYTES,
+    PlainNames,
+    check_attributes,
+    plainly_valid,
+)
 from abkit.errors import ValidationError
 
 values = st.one_of(
@@ -62,3 +67,21 @@ def test_common_attributes_take_the_fast_path() -> None:
     attributes = {"country": "US", "app_version": 130, "score": 0.5, "vip": True}
     assert plainly_valid(attributes)
     assert check_attributes(attributes) is attributes
+
+
+@given(st.lists(attribute_maps, max_size=6))
+def test_remembering_plain_names_changes_no_answer(maps: list[dict]) -> None:  # type: ignore[type-arg]
+    remembered = PlainNames(limit=8)
+    for attributes in maps + maps:  # each map asked twice: the second time from memory
+        assert remembered.plainly_valid(attributes) == plainly_valid(attributes)
+
+
+def test_remembered_names_are_bounded_and_only_plain_ones() -> None:
+    remembered = PlainNames(limit=3)
+    assert remembered.plainly_valid({"country": "US", "app_version": 130})
+    assert not remembered.plainly_valid({"country": "US", "a\nb": 1})
+    assert remembered.plainly_valid({"x": 1, "y": 2})  # plain, but past the bound: not kept
+    assert remembered._names == {"country", "app_version"}
+    # A remembered name does not vouch for its value.
+    assert not remembered.plainly_valid({"country": math.nan})
+    assert not remembered.plainly_valid({"country": "x" * (MAX_ATTRIBUTE_STRING_BYTES + 1)})
