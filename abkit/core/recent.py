@@ -39,8 +39,18 @@ class RecentKeys:
         return self._count + sum(len(units) for units in self._previous.values())
 
     def update(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Remember pairs (the server: after their rows were recorded)."""
+        current = self._current
+        added = 0
         for experiment, unit in keys:
-            self.first(experiment, unit)
+            units = current.get(experiment)
+            if units is None:
+                units = current[experiment] = set()
+            units.add(unit)
+            added += 1
+        self._count += added
+        if self._count >= self._half:
+            self._previous, self._current, self._count = self._current, {}, 0
 
     def first(self, experiment: str, unit: str) -> bool:
         """True, and remember the pair, unless it was seen recently (one call on a hot path)."""
