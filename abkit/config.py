@@ -57,7 +57,8 @@ class Settings:
     a change reaches the config stream's clients."""
     config_streams: int = 256
     """Most ``WatchConfig`` streams (local-evaluation clients) one server process holds; each
-    holds one thread, on top of ``grpc_workers``. Beyond it: RESOURCE_EXHAUSTED."""
+    holds a thread of a pool of its own, apart from ``grpc_workers``. Beyond it:
+    RESOURCE_EXHAUSTED."""
     config_heartbeat_seconds: float = 5.0
     """A config stream with no change sends a heartbeat this often: clients know the config
     they hold is current (their config age stays below it)."""

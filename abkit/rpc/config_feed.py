@@ -11,9 +11,10 @@ serializes the whole config **once** per change and every stream sends those sam
 * otherwise a heartbeat every ``ABKIT_CONFIG_HEARTBEAT_SECONDS``, so a client can tell a quiet
   config from a dead stream.
 
-Each stream holds one thread of the server's pool (grpcio's synchronous server); the pool is
-sized ``grpc_workers + config_streams`` and a stream beyond ``config_streams`` is refused with
-RESOURCE_EXHAUSTED at once, so unary calls never wait behind streams. On shutdown every stream
+Each stream holds one thread (grpcio's synchronous server) of a pool of its own, apart from the
+``grpc_workers`` of unary calls (:func:`~abkit.rpc.servicer.add_to_server`); a stream beyond
+``config_streams`` is refused with RESOURCE_EXHAUSTED at once, so unary calls never wait behind
+streams, nor share their threads with them. On shutdown every stream
 ends (OK) and its clients reconnect to another server.
 """
 

@@ -23,6 +23,10 @@ from abkit.v1 import assignment_pb2
 
 log = logging.getLogger(__name__)
 
+STREAM_SPARE_THREADS = 4
+"""Threads of the config streams' pool beyond ``config_streams``: a stream over the limit
+needs one to be refused (RESOURCE_EXHAUSTED) rather than wait for a stream to end."""
+
 SERVICE_NAME = assignment_pb2.DESCRIPTOR.services_by_name["AssignmentService"].full_name
 STORE_HEALTH = "abkit.v1.Store"
 """Health entry of the store behind the server: NOT_SERVING while writes are spooled or the
@@ -40,8 +44,10 @@ class GrpcServer:
         runtime: Runtime,
         health_servicer: health.HealthServicer,
         feed: ConfigFeed,
+        pools: tuple[futures.ThreadPoolExecutor, ...] = (),
     ) -> None:
         self.server = server
+        self._pools = pools
         self.feed = feed
         self.port = port
         self.runtime = runtime
@@ -92,6 +98,8 @@ class GrpcServer:
         self.server.stop(
             grace if grace is not None else self.runtime.settings.grpc_grace_seconds
         ).wait()
+        for pool in self._pools:  # their threads end rather than linger after the server
+            pool.shutdown(wait=False)
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -140,13 +148,20 @@ def build_server(
         interceptors.append(
             TokenInterceptor(settings.api_token, protect_assign=settings.api_token_for_assign)
         )
-    # Each config stream holds a thread for as long as it lasts: the pool has room for the
-    # most streams on top of the workers of unary calls (the feed refuses streams beyond it).
+    # Unary calls get grpc_workers threads. Each config stream holds a thread for as long as it
+    # lasts, so streams run in a pool of their own (grpcio's per-method pool), with a few threads
+    # spare to refuse the streams beyond config_streams at once: sharing one pool, idle streams
+    # would let unary calls grow the running threads past grpc_workers (measured: 2-16 % fewer
+    # new-unit Assign calls/s with a pool of workers + streams than with workers alone).
+    calls = futures.ThreadPoolExecutor(
+        max_workers=settings.grpc_workers, thread_name_prefix="abkit-grpc"
+    )
+    streams = futures.ThreadPoolExecutor(
+        max_workers=settings.config_streams + STREAM_SPARE_THREADS,
+        thread_name_prefix="abkit-config",
+    )
     server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=settings.grpc_workers + settings.config_streams,
-            thread_name_prefix="abkit-grpc",
-        ),
+        calls,
         interceptors=interceptors,
         options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
     )
@@ -163,6 +178,7 @@ def build_server(
             feed=feed,
         ),
         server,
+        stream_pool=streams,
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -181,4 +197,4 @@ def build_server(
     )
     if port == 0:
         raise OSError(f"could not bind the gRPC server to {address or settings.grpc_address}")
-    return GrpcServer(server, port, runtime, health_servicer, feed)
+    return GrpcServer(server, port, runtime, health_servicer, feed, (calls, streams))

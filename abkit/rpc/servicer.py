@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -83,9 +84,15 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
         return pb.TrackBatchResponse(event_ids=convert.event_ids(events))
 
 
-def add_to_server(servicer: AssignmentServicer, server: grpc.Server) -> None:
+def add_to_server(
+    servicer: AssignmentServicer,
+    server: grpc.Server,
+    *,
+    stream_pool: futures.ThreadPoolExecutor | None = None,
+) -> None:
     """Register the service as the generated ``add_..._to_server`` would, with
-    :func:`~abkit.rpc.convert.wire` as every response serializer."""
+    :func:`~abkit.rpc.convert.wire` as every response serializer; ``WatchConfig`` streams run
+    in ``stream_pool`` when given (grpcio's per-method thread pool), not the server's."""
     methods: dict[str, tuple[Callable[..., Any], Any]] = {
         "Assign": (servicer.Assign, pb.AssignRequest),
         "AssignBatch": (servicer.AssignBatch, pb.AssignBatchRequest),
@@ -99,8 +106,16 @@ def add_to_server(servicer: AssignmentServicer, server: grpc.Server) -> None:
         )
         for name, (method, request) in methods.items()
     }
+
+    def watch(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
+        return servicer.WatchConfig(request, context)
+
+    if stream_pool is not None:
+        # grpcio runs a handler with this attribute in that pool (grpc/_server.py,
+        # _select_thread_pool_for_behavior; "experimental" since grpcio 1.60).
+        setattr(watch, "experimental_thread_pool", stream_pool)  # noqa: B010
     handlers["WatchConfig"] = grpc.unary_stream_rpc_method_handler(
-        servicer.WatchConfig,
+        watch,
         request_deserializer=pb.WatchConfigRequest.FromString,
         response_serializer=convert.wire,
     )

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -613,7 +614,9 @@ def test_log_exposures_refuses_what_the_config_does_not_allow(
 def test_streams_beyond_the_limit_are_refused_and_unary_calls_still_answer(
     sqlite_url: str,
 ) -> None:
-    server, runtime = _serve(sqlite_url, config_streams=2)
+    # One unary worker: the streams must not hold it (they run in a pool of their own).
+    before = set(threading.enumerate())
+    server, runtime = _serve(sqlite_url, config_streams=2, grpc_workers=1)
     runtime.experiments.apply(experiment_from_dict(EXPERIMENT), actor="t", start=True)
     runtime.config.refresh()
     try:
@@ -625,7 +628,17 @@ def test_streams_beyond_the_limit_are_refused_and_unary_calls_still_answer(
             with pytest.raises(grpc.RpcError) as info:
                 next(iter(stub.WatchConfig(pb.WatchConfigRequest(), timeout=5)))
             assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert stub.Assign(pb.AssignRequest(unit_id="u"), timeout=5).assignments
+            with ThreadPoolExecutor(4) as callers:
+                answers = list(
+                    callers.map(
+                        lambda i: stub.Assign(pb.AssignRequest(unit_id=f"u{i}"), timeout=5),
+                        range(8),
+                    )
+                )
+            assert all(a.assignments for a in answers)
+        names = [t.name for t in threading.enumerate() if t not in before]
+        assert sum(n.startswith("abkit-config_") for n in names) >= 2  # the open streams
+        assert sum(n.startswith("abkit-grpc_") for n in names) == 1  # the unary pool, alone
         for c in clients:
             c.close()
     finally:
