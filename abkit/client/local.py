@@ -291,13 +291,15 @@ class LocalClient:
             first, answers = self._first_exposure, config.answers
             fresh: list[Assignment] = []
             result = {}
-            for key in defaults:  # what assign() does, inline: this loop is the hot path
-                a = known[key].assign(unit_id, values)
-                if a.in_experiment and first(a.experiment_key, unit_id):
-                    fresh.append(a)
-                result[key] = answers.get(id(a)) or config.answer(a)
-            if fresh:
-                self._enqueue(fresh, unit_id)
+            try:
+                for key in defaults:  # what assign() does, inline: this loop is the hot path
+                    a = known[key].assign(unit_id, values)
+                    if a.in_experiment and first(a.experiment_key, unit_id):
+                        fresh.append(a)
+                    result[key] = answers.get(id(a)) or config.answer(a)
+            finally:  # a pair remembered as sent is queued, even if a later key failed
+                if fresh:
+                    self._enqueue(fresh, unit_id)
             return result
         except Exception as exc:  # noqa: BLE001 -- evaluation never throws
             return {key: _default(key, default, exc) for key, default in defaults.items()}
@@ -307,15 +309,18 @@ class LocalClient:
         the caller's trace (none: no context at all, the common case without a tracing SDK)."""
         queue = self._exposures
         items = queue.items
-        if len(items) + len(answers) > queue.limit:
+        room = queue.limit - len(items)
+        if room < len(answers):
             if not queue.dropped:
                 log.warning(
                     "abkit: the exposure queue is full (%d unsent); new exposures are "
                     "dropped and counted until it drains",
                     queue.limit,
                 )
-            queue.dropped += len(answers)
-            return
+            queue.dropped += len(answers) - max(room, 0)
+            answers = answers[: max(room, 0)]
+            if not answers:
+                return
         at = time.time_ns()
         if get_current():
             ids = get_current_span().get_span_context()

@@ -84,7 +84,8 @@ def check_event_id(event_id: object, field: str = "event_id") -> str:
 
 _DOUBLE_MAX = 1.7976931348623157e308
 """The largest finite double (``sys.float_info.max``): a larger integer cannot be sent."""
-_INT_DOUBLE_MAX = int(_DOUBLE_MAX)  # comparing ints with an int is cheaper than with a float
+_INT_EXACT = 2**53
+"""Integers up to this size are exact as doubles (compared with an int: cheaper than a float)."""
 
 
 def plainly_valid(attributes: Mapping[str, AttributeValue]) -> bool:
@@ -141,7 +142,9 @@ def _plain_values(attributes: Mapping[str, AttributeValue]) -> bool:
             if len(value) * 4 > MAX_ATTRIBUTE_STRING_BYTES:  # type: ignore[arg-type]
                 return False
         elif kind is int:
-            if not -_INT_DOUBLE_MAX <= value <= _INT_DOUBLE_MAX:  # type: ignore[operator]
+            # Exact as a double (what the wire carries), so a caller's int compares as the
+            # server's double would; a larger one takes the full check.
+            if not -_INT_EXACT <= value <= _INT_EXACT:  # type: ignore[operator]
                 return False
         elif kind is float:
             if value - value != 0.0:  # type: ignore[operator] # NaN and infinities

@@ -28,7 +28,9 @@ class RecentKeys:
         self._count = 0  # pairs in the current generation
 
     def __contains__(self, key: object) -> bool:
-        experiment, unit = cast(tuple[str, str], key)  # a pair, as update() takes
+        if type(key) is not tuple or len(key) != 2:
+            return False
+        experiment, unit = cast(tuple[str, str], key)
         units = self._current.get(experiment)
         if units is not None and unit in units:
             return True
@@ -46,8 +48,9 @@ class RecentKeys:
             units = current.get(experiment)
             if units is None:
                 units = current[experiment] = set()
+            before = len(units)
             units.add(unit)
-            added += 1
+            added += len(units) - before  # a pair given twice counts once
         self._count += added
         if self._count >= self._half:
             self._previous, self._current, self._count = self._current, {}, 0

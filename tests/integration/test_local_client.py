@@ -131,6 +131,31 @@ def test_an_exposure_is_sent_once_per_unit_and_experiment(
     assert len(_stored(runtime)) == 50
 
 
+def test_an_exposure_remembered_by_assign_many_is_sent_even_when_a_later_key_fails(
+    served: tuple[GrpcServer, Runtime],
+) -> None:
+    server, runtime = served
+    doc = dict(EXPERIMENT, key="targeted", targeting={"attr": "platform", "in": ["ios"]})
+    runtime.experiments.apply(experiment_from_dict(doc), actor="t", start=True)
+    runtime.config.refresh()
+
+    class Failing(dict):  # type: ignore[type-arg]
+        """Plain to look at; its lookup (the targeting's) fails."""
+
+        def get(self, *args: Any) -> Any:
+            raise RuntimeError("lookup failed")
+
+    with LocalClient(server.address) as local:
+        _wait(lambda: local.status().experiments == 2)
+        answers = local.assign_many(
+            "user-1", {KEY: "a", "targeted": "b"}, attributes=Failing(platform="ios")
+        )
+        assert {a.reason for a in answers.values()} == {Reason.ERROR}
+        # KEY's answer was randomized and remembered before "targeted" failed: it is sent.
+        assert local.flush(10) and local.status().exposures_sent == 1
+    assert set(_stored(runtime)) == {"user-1"}
+
+
 def test_attributes_are_seen_as_the_server_sees_them(served: tuple[GrpcServer, Runtime]) -> None:
     """An enum (a str or int subclass) crosses the wire as a plain string or number; an integer
     no double can hold cannot cross it: the local answer is the remote one."""
@@ -157,6 +182,14 @@ def test_attributes_are_seen_as_the_server_sees_them(served: tuple[GrpcServer, R
             theirs = remote.assign("user-1", "targeted", default="x", attributes=attributes)
             assert (mine.model_version, mine.reason) == (theirs.model_version, theirs.reason)
         assert mine.reason is Reason.SPLIT
+        # 2**53 + 1 crosses the wire as the double 2**53: not greater than 2**53 for either.
+        doc = dict(EXPERIMENT, key="big", targeting={"attr": "n", "gt": 2**53})
+        runtime.experiments.apply(experiment_from_dict(doc), actor="t", start=True)
+        runtime.config.refresh()
+        _wait(lambda: local.status().experiments == 3)
+        mine = local.assign("user-1", "big", default="x", attributes={"n": 2**53 + 1})
+        theirs = remote.assign("user-1", "big", default="x", attributes={"n": 2**53 + 1})
+        assert mine.reason is theirs.reason is Reason.TARGETING_MISS
 
 
 def test_a_second_close_says_what_the_first_did(served: tuple[GrpcServer, Runtime]) -> None:

@@ -85,3 +85,11 @@ def test_remembered_names_are_bounded_and_only_plain_ones() -> None:
     # A remembered name does not vouch for its value.
     assert not remembered.plainly_valid({"country": math.nan})
     assert not remembered.plainly_valid({"country": "x" * (MAX_ATTRIBUTE_STRING_BYTES + 1)})
+
+
+def test_an_int_inexact_as_a_double_takes_the_full_check() -> None:
+    # The wire carries doubles: 2**53 + 1 arrives as 2**53, so the client must compare it so.
+    assert plainly_valid({"n": 2**53})
+    assert not plainly_valid({"n": 2**53 + 1})
+    assert not plainly_valid({"n": -(2**53) - 1})
+    assert check_attributes({"n": 2**53 + 1}) == {"n": 2**53 + 1}  # valid, just not plain
