@@ -309,16 +309,16 @@ class LocalClient:
         the caller's trace (none: no context at all, the common case without a tracing SDK)."""
         queue = self._exposures
         items = queue.items
-        room = queue.limit - len(items)
-        if room < len(answers):
+        room = max(queue.limit - len(items), 0)
+        if room < len(answers):  # what fits is queued, the rest dropped and counted
             if not queue.dropped:
                 log.warning(
                     "abkit: the exposure queue is full (%d unsent); new exposures are "
                     "dropped and counted until it drains",
                     queue.limit,
                 )
-            queue.dropped += len(answers) - max(room, 0)
-            answers = answers[: max(room, 0)]
+            queue.dropped += len(answers) - room
+            answers = answers[:room]
             if not answers:
                 return
         at = time.time_ns()
