@@ -3,6 +3,9 @@
 
 # -- build: wheels for abkit and its dependencies -------------------------------------------------
 FROM python:3.11-slim AS build
+# A C compiler and OpenSSL's headers for abkit/core/_speedups.c (the assignment hot path).
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md alembic.ini ./
 COPY abkit ./abkit
@@ -14,7 +17,8 @@ FROM python:3.11-slim
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/abkit abkit
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels "abkit[otlp,prometheus,stream]" \
-    && rm -rf /wheels
+    && rm -rf /wheels \
+    && python -c "from abkit.core import hashing; assert hashing.NATIVE, 'no native speedups'"
 USER abkit
 WORKDIR /var/lib/abkit
 ENV PYTHONUNBUFFERED=1 \

@@ -11,7 +11,8 @@ STAMP  := $(VENV)/.installed-stamp
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
+# abkit/core/_speedups.c is compiled by the install (a C compiler and OpenSSL's headers).
+$(STAMP): $(BIN)/python pyproject.toml abkit/core/_speedups.c
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import accumulate
 
-from abkit.core.hashing import Hasher, below, coverage_seed, holdout_seed, layer_seed, seeded
+from abkit.core.hashing import Digest, below, coverage_seed, holdout_seed, layer_seed, seeded
 from abkit.core.model import Experiment, ExperimentStatus, Exposure, Reason, validate_catalog
 from abkit.core.rows import exposure_head
 from abkit.core.targeting import Attributes, compile_condition
@@ -125,14 +125,14 @@ class CompiledExperiment:
                 for unit, arm in experiment.overrides.items()
             },
             holdout=None if held is None else below(held.fraction),
-            holdout_copy=None if held is None else seeded(holdout_seed(held.key)).copy,
-            layer_copy=None if layer is None else seeded(layer_seed(layer.layer)).copy,
+            holdout_digest=None if held is None else seeded(holdout_seed(held.key)),
+            layer_digest=None if layer is None else seeded(layer_seed(layer.layer)),
             layer_start=b"" if layer is None else below(layer.start),
             layer_end=b"" if layer is None else below(layer.end),
             coverage=None if covered else below(experiment.coverage),
-            coverage_copy=None if covered else seeded(coverage_seed(experiment.salt)).copy,
+            coverage_digest=None if covered else seeded(coverage_seed(experiment.salt)),
             targeting=compile_condition(experiment.targeting),
-            arm_copy=seeded(experiment.salt).copy,
+            arm_digest=seeded(experiment.salt),
             thresholds=tuple(below(c) for c in cumulative[:-1]),
             split=split,
             miss=miss,
@@ -146,14 +146,14 @@ def _assign_function(
     rollout: Assignment | None,
     overrides: dict[str, Assignment],
     holdout: bytes | None,
-    holdout_copy: Callable[[], Hasher] | None,
-    layer_copy: Callable[[], Hasher] | None,
+    holdout_digest: Digest | None,
+    layer_digest: Digest | None,
     layer_start: bytes,
     layer_end: bytes,
     coverage: bytes | None,
-    coverage_copy: Callable[[], Hasher] | None,
+    coverage_digest: Digest | None,
     targeting: Callable[[Attributes], bool] | None,
-    arm_copy: Callable[[], Hasher],
+    arm_digest: Digest,
     thresholds: tuple[bytes, ...],
     split: tuple[Assignment, ...],
     miss: dict[Reason, Assignment],
@@ -162,7 +162,7 @@ def _assign_function(
     layer_miss = miss[Reason.NOT_IN_LAYER]
     coverage_miss = miss[Reason.NOT_IN_COVERAGE]
     targeting_miss = miss[Reason.TARGETING_MISS]
-    # Each question's digest: its seed's state (hashing.seeded) copied and fed the unit.
+    # Each question's digest comes from its seed's digest function (hashing.seeded).
 
     def assign(unit_id: str, attributes: Attributes = _NO_ATTRIBUTES) -> Assignment:
         if not_running:
@@ -175,28 +175,17 @@ def _assign_function(
             override = overrides.get(unit_id)
             if override is not None:
                 return override
-        unit = unit_id.encode()
-        if holdout_copy is not None:
-            h = holdout_copy()
-            h.update(unit)
-            if h.digest() < holdout:  # type: ignore[operator]
-                return holdout_miss
-        if layer_copy is not None:
-            h = layer_copy()
-            h.update(unit)
-            digest = h.digest()
+        if holdout_digest is not None and holdout_digest(unit_id) < holdout:  # type: ignore[operator]
+            return holdout_miss
+        if layer_digest is not None:
+            digest = layer_digest(unit_id)
             if digest < layer_start or digest >= layer_end:
                 return layer_miss
-        if coverage_copy is not None:
-            h = coverage_copy()
-            h.update(unit)
-            if h.digest() >= coverage:  # type: ignore[operator]
-                return coverage_miss
+        if coverage_digest is not None and coverage_digest(unit_id) >= coverage:  # type: ignore[operator]
+            return coverage_miss
         if targeting is not None and not targeting(attributes):
             return targeting_miss
-        h = arm_copy()
-        h.update(unit)
-        return split[bisect_right(thresholds, h.digest())]
+        return split[bisect_right(thresholds, arm_digest(unit_id))]
 
     return assign
 

@@ -31,7 +31,7 @@ from abkit.core.limits import (
     check_unit_id,
 )
 from abkit.core.model import Event, check_key
-from abkit.core.recent import RecentKeys
+from abkit.core.recent import recent_keys
 from abkit.core.rows import encode_events, escape, exposure_head, row_tail
 from abkit.core.targeting import AttributeValue
 from abkit.errors import NotFoundError, StoreUnavailableError, ValidationError
@@ -119,7 +119,7 @@ class AssignmentService:
         self._stored_id = pseudonymize or _identity
         # Only the first exposure of a unit is stored; a unit asking again (the common case)
         # need not be queued and written again just to be discarded by the database.
-        self._logged = RecentKeys(recent_exposures)
+        self._logged = recent_keys(recent_exposures)
 
     def assign(
         self,

@@ -1,7 +1,9 @@
-"""The hashing contract, pinned by vectors from an independent implementation (Node.js)."""
+"""The hashing contract, pinned by vectors from an independent implementation (Node.js); the C
+digest (abkit/core/_speedups.c) and the hashlib one both keep it."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -12,8 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from abkit.core import assignment
 from abkit.core.assignment import CompiledExperiment
-from abkit.core.hashing import HASH_VERSION, below, bucket
+from abkit.core.hashing import HASH_VERSION, NATIVE, below, bucket, seeded
 from abkit.core.spec import experiment_from_dict
 
 VECTORS = json.loads((Path(__file__).parents[1] / "fixtures" / "hash_vectors.json").read_text())
@@ -51,6 +54,54 @@ def test_assignment_matches_golden_vector(case: dict[str, object]) -> None:
         case["model_version"],
         case["reason"],
     )
+
+
+def test_the_suite_runs_the_native_digest() -> None:
+    assert NATIVE, "abkit.core._speedups is not built (pip install -e . with a C compiler)"
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "hashlib"])
+@pytest.mark.parametrize(
+    "vector", VECTORS["buckets"], ids=lambda v: f"{v['seed']!r}:{v['unit_id'][:12]!r}"
+)
+def test_seeded_digests_match_golden_vectors(vector: dict[str, str], native: bool) -> None:
+    digest = seeded(vector["seed"], native=native)(vector["unit_id"])
+    assert len(digest) == 32
+    assert struct.unpack(">Q", digest[:8])[0] == int(vector["uint64"])
+
+
+# Seeds and units long enough to cross SHA-256's 64-byte blocks, in any script.
+texts = st.one_of(st.text(max_size=10), st.text(min_size=50, max_size=200))
+
+
+@given(texts, texts)
+def test_the_native_digest_is_sha256_of_seed_colon_unit(seed: str, unit: str) -> None:
+    expected = hashlib.sha256(f"{seed}:{unit}".encode()).digest()
+    assert seeded(seed, native=True)(unit) == expected
+    assert seeded(seed, native=False)(unit) == expected
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "hashlib"])
+def test_a_unit_that_is_not_utf8_is_refused_like_str_encode(native: bool) -> None:
+    digest = seeded("s", native=native)
+    with pytest.raises(UnicodeEncodeError):
+        digest("\ud800")  # a lone surrogate
+    with pytest.raises((TypeError, AttributeError)):
+        digest(b"u")  # type: ignore[arg-type]
+    with pytest.raises(UnicodeEncodeError):
+        seeded("\udfff", native=native)
+    with pytest.raises((TypeError, AttributeError)):
+        seeded(b"s", native=native)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "case", VECTORS["assignments"], ids=lambda c: f"{c['experiment']}:{c['unit_id']}"
+)
+def test_assignment_with_the_hashlib_digest_matches_golden_vector(
+    case: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(assignment, "seeded", functools.partial(seeded, native=False))
+    test_assignment_matches_golden_vector(case)
 
 
 def test_bucket_is_in_unit_interval_and_stable() -> None:

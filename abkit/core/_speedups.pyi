@@ -1,0 +1,36 @@
+"""Types of the C extension abkit/core/_speedups.c (abkit.core.hashing, recent, limits)."""
+
+from collections.abc import Iterable
+from typing import final
+
+@final
+class Seeded:
+    """The SHA-256 state after ``utf8(seed + ":")``; called with a unit id, its digest."""
+
+    def __init__(self, seed: str) -> None: ...
+    def __call__(self, unit_id: str, /) -> bytes: ...
+
+@final
+class RecentKeys:
+    """A bounded, exact memory of recently seen ``(experiment_key, unit_id)`` pairs."""
+
+    def __init__(self, capacity: int) -> None: ...
+    def first(self, experiment: str, unit: str, /) -> bool: ...
+    def update(self, keys: Iterable[tuple[str, str]], /) -> None: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __len__(self) -> int: ...
+
+@final
+class PlainRequests:
+    """``(unit_id, attributes) -> bool``: the common case that needs no further check."""
+
+    def __init__(
+        self,
+        *,
+        max_unit_bytes: int,
+        max_attributes: int,
+        max_name_length: int,
+        max_string_bytes: int,
+        int_exact: int,
+    ) -> None: ...
+    def __call__(self, unit_id: object, attributes: object, /) -> bool: ...
