@@ -7,7 +7,7 @@ server (:mod:`abkit.core.assignment`), so it gives the same answers and reasons 
 microseconds and no network. What the server still has to know travels in the background:
 
 * **exposures** of randomized units (reason ``SPLIT``), deduplicated per unit and experiment in
-  a bounded memory (:class:`~abkit.core.recent.RecentKeys`), with the time and the caller's
+  a bounded memory (:func:`~abkit.core.recent.recent_keys`), with the time and the caller's
   OpenTelemetry trace of the assignment, sent in batches by ``LogExposures``;
 * **events** (``track``), stamped and given an id when tracked, sent by ``TrackBatch``.
 
@@ -657,7 +657,7 @@ _context = _context_reader()
 def _check_unit(
     unit_id: str, attributes: Mapping[str, AttributeValue] | None
 ) -> Mapping[str, AttributeValue]:
-    """The server's checks of a unit and its attributes (the common case without a call); the
+    """The server's checks of a unit and its attributes (the common case in one C call); the
     attributes as the server would see them after the wire."""
     if plain_request(unit_id, attributes):
         return attributes or _NO_ATTRIBUTES

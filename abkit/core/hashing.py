@@ -28,17 +28,14 @@ import hashlib
 import hmac
 from collections.abc import Callable
 
+from abkit.core.native import speedups
+
 Digest = Callable[[str], bytes]
 """A seed's digest function: ``unit_id -> sha256(utf8(seed + ":" + unit_id)).digest()``."""
 
 sha256 = hashlib.sha256
 
-try:  # abkit/core/_speedups.c, built with the package when a compiler is there
-    from abkit.core import _speedups
-except ImportError:  # pragma: no cover -- the test suite requires the native build
-    _speedups = None  # type: ignore[assignment]
-
-NATIVE = _speedups is not None
+NATIVE = speedups is not None
 """True when assignment hashes with the C digest; False: hashlib (same bytes, ~4x the cost)."""
 
 
@@ -55,11 +52,11 @@ def seeded(seed: str, *, native: bool = NATIVE) -> Digest:
     if not isinstance(seed, str):  # bytes would hash as their repr on the hashlib path
         raise TypeError(f"seed must be str, not {type(seed).__name__}")
     if native:
-        if _speedups is None:
+        if speedups is None:
             raise RuntimeError(
                 "abkit.core._speedups is not built: reinstall abkit with a C compiler"
             )
-        digest: Digest = _speedups.Seeded(seed)
+        digest: Digest = speedups.Seeded(seed)
         return digest
     copy = sha256(f"{seed}:".encode()).copy
 

@@ -12,6 +12,7 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
+from abkit.core.native import speedups
 from abkit.core.targeting import AttributeValue
 from abkit.errors import ValidationError
 
@@ -118,15 +119,10 @@ def plain_request_reference(unit_id: object, attributes: object) -> bool:
     )
 
 
-try:  # the C twin, built with the package when a compiler is there
-    from abkit.core import _speedups
-except ImportError:  # pragma: no cover -- the test suite requires the native build
-    _speedups = None  # type: ignore[assignment]
-
 plain_request: Callable[[object, object], bool] = (
     plain_request_reference
-    if _speedups is None
-    else _speedups.PlainRequests(
+    if speedups is None
+    else speedups.PlainRequests(
         max_unit_bytes=MAX_UNIT_ID_BYTES,
         max_attributes=MAX_ATTRIBUTES,
         max_name_length=MAX_ATTRIBUTE_NAME_LENGTH,

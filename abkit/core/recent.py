@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol, cast
 
+from abkit.core.native import speedups
+
 
 class RecentMemory(Protocol):
     def first(self, experiment: str, unit: str, /) -> bool:
@@ -37,11 +39,9 @@ class RecentMemory(Protocol):
 
 def recent_keys(capacity: int) -> RecentMemory:
     """A memory of ``capacity`` pairs: the C one when built, else :class:`TwoGenerations`."""
-    try:
-        from abkit.core._speedups import RecentKeys
-    except ImportError:  # pragma: no cover -- the test suite requires the native build
+    if speedups is None:  # pragma: no cover -- the test suite requires the native build
         return TwoGenerations(capacity)
-    return RecentKeys(capacity)
+    return speedups.RecentKeys(capacity)
 
 
 class TwoGenerations:
