@@ -17,7 +17,8 @@ Order of checks for one experiment, and why:
 
 Each question uses its own seed (see :mod:`abkit.core.hashing`), so they are independent.
 
-Performance: the hot path allocates nothing. Every possible answer of an experiment (one per arm
+Performance: the hot path allocates nothing but its digests (32 bytes each, from the seeded digest
+functions of :mod:`abkit.core.hashing`). Every possible answer of an experiment (one per arm
 and reason) is built once at compile time and shared, and buckets are compared as raw digests
 against precomputed thresholds (:func:`abkit.core.hashing.below`). The exposure row -- which needs
 the request's time and trace anyway -- is built by the caller with :meth:`Assignment.exposure`.
