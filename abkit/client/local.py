@@ -154,8 +154,6 @@ class _Queue:
 
     def drop(self, rows: int) -> None:
         """Count rows that did not fit; the client's first drop warns (``status()`` counts all)."""
-        if not rows:
-            return
         if not self.dropped:
             log.warning(
                 "abkit: the %s queue is full (%d unsent); new rows are dropped and counted "
@@ -334,6 +332,8 @@ class LocalClient:
         if room < len(answers):
             queue.drop(len(answers) - room)
             answers = answers[:room]
+            if not answers:
+                return
         at = time_ns()
         trace_id, span_id = _trace_ids() if _context() else _NO_TRACE
         queue.items.extend(

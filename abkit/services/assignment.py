@@ -24,11 +24,11 @@ from abkit.core.assignment import Assignment, Catalog, CompiledExperiment
 from abkit.core.limits import (
     MAX_EXPERIMENT_KEYS,
     MAX_FUTURE_SKEW,
-    MAX_UNIT_ID_BYTES,
     check_attributes,
     check_batch,
     check_event,
     check_unit_id,
+    plain_request,
 )
 from abkit.core.model import Event, check_key
 from abkit.core.recent import recent_keys
@@ -311,13 +311,9 @@ def _identity(unit_id: str) -> str:
 def _check_request(request: UnitRequest, index: int | None = None) -> None:
     """Check one unit; ``index`` (its place in a batch) only names the field in an error."""
     unit_id = request.unit_id
-    # The common case (printable ASCII, short enough) passes without building a field name.
-    if not (
-        type(unit_id) is str
-        and 0 < len(unit_id) <= MAX_UNIT_ID_BYTES
-        and unit_id.isascii()
-        and unit_id.isprintable()
-    ):
+    # The common case (printable ASCII, short enough) passes in one C call, without building a
+    # field name.
+    if not plain_request(unit_id, None):
         check_unit_id(unit_id, _field(index, "unit_id"))
     if request.attributes:
         check_attributes(request.attributes, _field(index, "attributes"))
