@@ -9,6 +9,7 @@ configured only through its standard ``OTEL_*`` variables (read by the SDK itsel
 from __future__ import annotations
 
 import getpass
+import logging
 import math
 import os
 import re
@@ -22,7 +23,15 @@ from abkit.errors import ValidationError
 if TYPE_CHECKING:
     from abkit.infra.stream import StreamSettings
 
+log = logging.getLogger(__name__)
+
 DEFAULT_DATABASE_URL = "sqlite:///abkit.db"
+RETIRED = {
+    "ABKIT_GRPC_WORKERS": "the gRPC server runs its calls as coroutines on one event loop per "
+    "process; use ABKIT_GRPC_PROCESSES to use more cores",
+}
+"""Variables abkit once read, and why they no longer matter: a deployment that still sets one
+is told so at startup rather than left to believe it has an effect."""
 MAX_GRPC_PROCESSES = 64
 
 
@@ -42,8 +51,6 @@ class Settings:
     """Bearer token for admin actions; empty disables them."""
     web_token: str = ""
     """Token for reading the results pages and API (bearer or login form); empty: open."""
-    grpc_workers: int = 16
-    """Thread pool size of the gRPC server (per process)."""
     grpc_processes: int = 1
     """Processes of ``abkit grpc`` sharing its port (``SO_REUSEPORT``, Linux): one Python process
     serves about one core's worth of RPCs, so set it to the cores the server may use. Each
@@ -56,9 +63,8 @@ class Settings:
     of each experiment's revision; the config is loaded only when one changed). Bounds how soon
     a change reaches the config stream's clients."""
     config_streams: int = 256
-    """Most ``WatchConfig`` streams (local-evaluation clients) one server process holds; each
-    holds a thread of a pool of its own, apart from ``grpc_workers``. Beyond it:
-    RESOURCE_EXHAUSTED."""
+    """Most ``WatchConfig`` streams (local-evaluation clients) one server process holds (an idle
+    stream costs a coroutine, no thread). Beyond it: RESOURCE_EXHAUSTED."""
     config_heartbeat_seconds: float = 5.0
     """A config stream with no change sends a heartbeat this often: clients know the config
     they hold is current (their config age stays below it)."""
@@ -188,6 +194,9 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``ABKIT_*`` variables (``os.environ`` unless given)."""
         env = os.environ if environ is None else environ
+        for name, why in RETIRED.items():
+            if env.get(name):
+                log.warning("%s is no longer read and has no effect: %s", name, why)
         values: dict[str, object] = {}
         for f in fields(cls):
             name = f.metadata.get("env", f"ABKIT_{f.name.upper()}")
@@ -201,7 +210,6 @@ class Settings:
 
     def __post_init__(self) -> None:
         for name in (
-            "grpc_workers",
             "grpc_processes",
             "config_streams",
             "writer_batch_size",

@@ -14,7 +14,7 @@ with :class:`~abkit.errors.ConflictError` if someone else saved revision 4 first
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -411,7 +411,27 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+class Commit(Protocol):
+    """One group commit: the rows of every receipt it carries become durable (or fail) at once."""
+
+    @property
+    def durable(self) -> bool: ...
+
+    def finished(self) -> bool: ...
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the commit has finished, from whichever thread finishes it."""
+        ...
+
+
 class Receipt(Protocol):
+    @property
+    def group(self) -> Commit: ...
+
+    def hurry(self) -> None:
+        """Somebody waits: commit now rather than at the next interval."""
+        ...
+
     def wait(self, timeout: float) -> bool:
         """Block until the recorded rows are durable; False on timeout or failure."""
         ...

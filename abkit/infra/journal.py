@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,14 +111,40 @@ class JournalStats:
 
 
 class Group:
-    """The records of one group commit; its event is set when they are durable (or failed).
-    Shared by the journal and the stream sink (:mod:`abkit.infra.stream_recorder`)."""
+    """The records of one group commit, finished once: durable, or failed. Shared by the journal
+    and the stream sink (:mod:`abkit.infra.stream_recorder`). A thread waits on ``done``; an
+    event loop registers a callback (:meth:`on_done`), run by the committing thread."""
 
-    __slots__ = ("done", "durable")
+    __slots__ = ("_callbacks", "_lock", "done", "durable")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.durable = False
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] | None = []
+
+    def finish(self, durable: bool) -> None:
+        """Called once by the committer; the callbacks run here and must not call back into it."""
+        with self._lock:
+            self.durable = durable
+            self.done.set()
+            callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            try:
+                callback()
+            except Exception:  # a waiter's failure must never stop the committer
+                log.exception("a group commit callback failed")
+
+    def finished(self) -> bool:
+        return self.done.is_set()
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the group is finished: now if it is, else in the committer."""
+        with self._lock:
+            if self._callbacks is not None:
+                self._callbacks.append(callback)
+                return
+        callback()
 
 
 class _Committer(Protocol):
@@ -128,15 +154,20 @@ class _Committer(Protocol):
 class Receipt:
     """Tells when an append is durable: its group's commit, hurried along by a waiter."""
 
-    __slots__ = ("_committer", "_group")
+    __slots__ = ("_committer", "group")
 
     def __init__(self, committer: _Committer, group: Group) -> None:
         self._committer = committer
-        self._group = group
+        self.group = group
+
+    def hurry(self) -> None:
+        """Somebody waits: commit the open group now rather than at the next interval."""
+        if not self.group.done.is_set():
+            self._committer._hurry()
 
     def wait(self, timeout: float) -> bool:
         """Block until the record is durable; False on timeout or when the commit failed."""
-        group = self._group
+        group = self.group
         if not group.done.is_set():
             self._committer._hurry()
             group.done.wait(timeout)
@@ -355,7 +386,7 @@ class Journal:
                 "journal %s: write failed (%s); refusing further appends", self.directory, failure
             )
             self._failure = failure
-            self._group.done.set()  # nobody appended after it will ever be durable either
+            self._group.finish(False)  # nobody appended after it will ever be durable either
         else:
             self._durable_rows += rows
             self._backlog_rows += rows
@@ -363,8 +394,7 @@ class Journal:
             self._durable_end = end
             self._memory.extend(records)
             self._syncs += 1
-            group.durable = True
-        group.done.set()
+        group.finish(failure is None)
         self._progress.notify_all()
 
     def _write(self, frames: list[bytes]) -> tuple[list[Record], Position]:

@@ -168,8 +168,7 @@ class StreamSink:
             self._lock.acquire()
             self._shipping = False
             self._last_flush = time.monotonic()
-        group.durable = durable
-        group.done.set()
+        group.finish(durable)
 
     def _ship(self, batch: list[tuple[RowKind, str, int]], fallback: bool) -> bool:
         messages = _messages(batch)

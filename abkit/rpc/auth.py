@@ -10,7 +10,7 @@ so it can never write anything. Tokens are compared in constant time.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -22,26 +22,26 @@ SERVICE = "/abkit.v1.AssignmentService/"
 
 
 def _refuse(message: str, method: str) -> Any:
-    def handler(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     if method in STREAMING_METHODS:
         return grpc.unary_stream_rpc_method_handler(handler)
     return grpc.unary_unary_rpc_method_handler(handler)
 
 
-class TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, token: str, *, protect_assign: bool) -> None:
         self._expected = f"Bearer {token}".encode()
         self._protected = WRITE_METHODS | (READ_METHODS if protect_assign else frozenset())
 
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
     ) -> Any:
         method: str = handler_call_details.method
         name = method[len(SERVICE) :]
         if not method.startswith(SERVICE) or name not in self._protected:
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         presented = ""
         for key, value in handler_call_details.invocation_metadata or ():
             if key == "authorization" and isinstance(value, str):
@@ -53,4 +53,4 @@ class TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             )
         if not hmac.compare_digest(presented.encode(), self._expected):
             return _refuse("invalid token", name)
-        return continuation(handler_call_details)
+        return await continuation(handler_call_details)

@@ -1,6 +1,7 @@
 """The AssignmentService servicer: convert, call the service, convert back.
 
-Each method is wrapped by :func:`abkit.rpc.tracing.rpc`: a span, the duration metric, and the
+The server is ``grpc.aio`` (:mod:`abkit.rpc.server`). Each method is wrapped by
+:func:`abkit.rpc.tracing.rpc`: a span, the duration metric, and the
 translation of :class:`~abkit.errors.AbkitError` into gRPC status codes. ``Assign`` and
 ``AssignBatch`` answer with already-serialized bytes (:class:`~abkit.rpc.convert.ResponseCache`),
 so the service is registered by :func:`add_to_server`, whose serializers pass bytes through.
@@ -8,10 +9,10 @@ so the service is registered by :func:`add_to_server`, whose serializers pass by
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterator
-from concurrent import futures
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeAlias
 
 import grpc
 from opentelemetry.trace import Tracer
@@ -19,15 +20,22 @@ from opentelemetry.trace import Tracer
 from abkit.infra.instruments import RpcMetrics
 from abkit.rpc import convert
 from abkit.rpc.config_feed import ConfigFeed
+from abkit.rpc.durable import DurableWaits
 from abkit.rpc.tracing import SERVICE, rpc
-from abkit.services.assignment import AssignmentService, TraceRef
+from abkit.services.assignment import AssignmentService, Pending, TraceRef
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+Context: TypeAlias = grpc.aio.ServicerContext
+
 
 class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
+    """Coroutines on the server's event loop. Each runs the service's synchronous part (checks,
+    the core's answer, handing rows to the journal: microseconds, no I/O) and then awaits the
+    group commit (:class:`~abkit.rpc.durable.DurableWaits`) instead of blocking a thread."""
+
     def __init__(
         self,
         service: AssignmentService,
@@ -43,56 +51,71 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
         self.metrics = metrics
         self.records_spans = records_spans
         self._responses = convert.ResponseCache()
+        self._waits: DurableWaits | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve on ``loop`` (the server's, before it starts)."""
+        self._waits = DurableWaits(loop, self._service.durable_timeout)
+        self._feed.bind(loop)
+
+    async def _settle(self, pending: Pending | None) -> None:
+        if pending is not None:
+            assert self._waits is not None, "bind() the servicer to the server's loop first"
+            await self._waits.settle(pending)
 
     @rpc
-    def Assign(self, request: Any, context: grpc.ServicerContext, trace: TraceRef) -> Any:
+    async def Assign(self, request: Any, context: Context, trace: TraceRef) -> Any:
         unit = convert.unit_request_from_proto(request)
-        assignments = self._service.assign(
+        assignments, pending = self._service.start_assign(
             unit.unit_id, unit.attributes, unit.experiment_keys, trace
         )
+        await self._settle(pending)
         if self.metrics is not None:
             self.metrics.count_assignments((assignments,))
         return self._responses.response(assignments)
 
     @rpc
-    def AssignBatch(self, request: Any, context: grpc.ServicerContext, trace: TraceRef) -> Any:
+    async def AssignBatch(self, request: Any, context: Context, trace: TraceRef) -> Any:
         units = convert.unit_requests_from_proto(request.requests)
-        results = self._service.assign_batch(units, trace)
+        results, pending = self._service.start_assign_batch(units, trace)
+        await self._settle(pending)
         if self.metrics is not None:
             self.metrics.count_assignments(results)
         return self._responses.batch_response(results)
 
     @rpc
-    def LogExposures(self, request: Any, context: grpc.ServicerContext, trace: TraceRef) -> Any:
-        accepted = self._service.log_exposures(convert.exposure_inputs_from_proto(request))
+    async def LogExposures(self, request: Any, context: Context, trace: TraceRef) -> Any:
+        accepted, pending = self._service.start_log_exposures(
+            convert.exposure_inputs_from_proto(request)
+        )
+        await self._settle(pending)
         return pb.LogExposuresResponse(accepted=accepted)
 
-    def WatchConfig(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
-        return self._feed.stream(request, context)
+    async def WatchConfig(self, request: Any, context: Context) -> AsyncIterator[bytes]:
+        async for message in self._feed.stream(request, context):
+            yield message
 
     @rpc
-    def Track(self, request: Any, context: grpc.ServicerContext, trace: TraceRef) -> Any:
-        event = self._service.track(convert.track_input_from_proto(request), trace)
-        return pb.TrackResponse(event_id=event.event_id)
+    async def Track(self, request: Any, context: Context, trace: TraceRef) -> Any:
+        events, pending = self._service.start_track_batch(
+            [convert.track_input_from_proto(request)], trace, single=True
+        )
+        await self._settle(pending)
+        return pb.TrackResponse(event_id=events[0].event_id)
 
     @rpc
-    def TrackBatch(self, request: Any, context: grpc.ServicerContext, trace: TraceRef) -> Any:
+    async def TrackBatch(self, request: Any, context: Context, trace: TraceRef) -> Any:
         items = [
             convert.track_input_from_proto(e, f"events[{i}].") for i, e in enumerate(request.events)
         ]
-        events = self._service.track_batch(items, trace)
+        events, pending = self._service.start_track_batch(items, trace)
+        await self._settle(pending)
         return pb.TrackBatchResponse(event_ids=convert.event_ids(events))
 
 
-def add_to_server(
-    servicer: AssignmentServicer,
-    server: grpc.Server,
-    *,
-    stream_pool: futures.ThreadPoolExecutor | None = None,
-) -> None:
+def add_to_server(servicer: AssignmentServicer, server: grpc.aio.Server) -> None:
     """Register the service as the generated ``add_..._to_server`` would, with
-    :func:`~abkit.rpc.convert.wire` as every response serializer; ``WatchConfig`` streams run
-    in ``stream_pool`` when given (grpcio's per-method thread pool), not the server's."""
+    :func:`~abkit.rpc.convert.wire` as every response serializer."""
     methods: dict[str, tuple[Callable[..., Any], Any]] = {
         "Assign": (servicer.Assign, pb.AssignRequest),
         "AssignBatch": (servicer.AssignBatch, pb.AssignBatchRequest),
@@ -106,16 +129,8 @@ def add_to_server(
         )
         for name, (method, request) in methods.items()
     }
-
-    def watch(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
-        return servicer.WatchConfig(request, context)
-
-    if stream_pool is not None:
-        # grpcio runs a handler with this attribute in that pool (grpc/_server.py,
-        # _select_thread_pool_for_behavior; "experimental" since grpcio 1.60).
-        setattr(watch, "experimental_thread_pool", stream_pool)  # noqa: B010
     handlers["WatchConfig"] = grpc.unary_stream_rpc_method_handler(
-        watch,
+        servicer.WatchConfig,
         request_deserializer=pb.WatchConfigRequest.FromString,
         response_serializer=convert.wire,
     )

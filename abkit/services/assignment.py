@@ -35,7 +35,7 @@ from abkit.core.recent import recent_keys
 from abkit.core.rows import encode_events, escape, exposure_head, row_tail
 from abkit.core.targeting import AttributeValue
 from abkit.errors import NotFoundError, StoreUnavailableError, ValidationError
-from abkit.ports import Clock, Recorder
+from abkit.ports import Clock, Receipt, Recorder
 from abkit.services.config import ConfigCache
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,15 @@ class TrackInput:
     event_id: str = ""
 
 
+class Pending(NamedTuple):
+    """Rows a recorder took and has not yet made durable: what an answer waits for. ``failure``
+    is the message of the :class:`~abkit.errors.StoreUnavailableError` the caller gets when they
+    are not durable in time."""
+
+    receipt: Receipt
+    failure: str
+
+
 class Durability(StrEnum):
     """Whether an Assign answer waits for its exposures to be durable (events always do)."""
 
@@ -121,6 +130,21 @@ class AssignmentService:
         # need not be queued and written again just to be discarded by the database.
         self._logged = recent_keys(recent_exposures)
 
+    # Each use case comes in two steps: ``start_*`` validates, answers and hands the rows to the
+    # recorder, returning what is still to become durable; :meth:`settle` blocks until it is.
+    # The gRPC server awaits that instead, on its event loop (abkit.rpc.durable).
+
+    @property
+    def durable_timeout(self) -> float:
+        """Seconds an answer waits for its rows to be durable before it fails UNAVAILABLE."""
+        return self._timeout
+
+    def settle(self, pending: Pending | None) -> None:
+        """Block until ``pending`` is durable; :class:`StoreUnavailableError` when it is not
+        within :attr:`durable_timeout`."""
+        if pending is not None and not pending.receipt.wait(self._timeout):
+            raise StoreUnavailableError(pending.failure)
+
     def assign(
         self,
         unit_id: str,
@@ -128,13 +152,32 @@ class AssignmentService:
         experiment_keys: Sequence[str] = (),
         trace: TraceRef = NO_TRACE,
     ) -> list[Assignment]:
+        answers, pending = self.start_assign(unit_id, attributes, experiment_keys, trace)
+        self.settle(pending)
+        return answers
+
+    def start_assign(
+        self,
+        unit_id: str,
+        attributes: Mapping[str, AttributeValue],
+        experiment_keys: Sequence[str] = (),
+        trace: TraceRef = NO_TRACE,
+    ) -> tuple[list[Assignment], Pending | None]:
         request = UnitRequest(unit_id, attributes, experiment_keys)
         _check_request(request)
-        return self._assign_checked([request], trace, batched=False)[0]
+        results, pending = self._assign_checked([request], trace, batched=False)
+        return results[0], pending
 
     def assign_batch(
         self, requests: Sequence[UnitRequest], trace: TraceRef = NO_TRACE
     ) -> list[list[Assignment]]:
+        results, pending = self.start_assign_batch(requests, trace)
+        self.settle(pending)
+        return results
+
+    def start_assign_batch(
+        self, requests: Sequence[UnitRequest], trace: TraceRef = NO_TRACE
+    ) -> tuple[list[list[Assignment]], Pending | None]:
         check_batch(len(requests), "requests")
         for i, request in enumerate(requests):
             _check_request(request, i)
@@ -142,7 +185,7 @@ class AssignmentService:
 
     def _assign_checked(
         self, requests: Sequence[UnitRequest], trace: TraceRef, *, batched: bool
-    ) -> list[list[Assignment]]:
+    ) -> tuple[list[list[Assignment]], Pending | None]:
         # Resolve every key first: an unknown key fails the call before anything is logged.
         resolved = _resolve(self._config.catalog, requests, batched=batched)
         results: list[list[Assignment]] = []
@@ -164,13 +207,14 @@ class AssignmentService:
                     lines.append(f"{a.row_head}{tail}{stored_id}\n")
                     keys.append(key)
             results.append(answers)
+        pending = None
         if lines:
-            self._record_exposures("".join(lines), len(lines), sync=self._sync)
+            pending = self._record_exposures("".join(lines), len(lines), sync=self._sync)
             logged.update(keys)
-        return results
+        return results, pending
 
-    def _record_exposures(self, text: str, rows: int, *, sync: bool) -> None:
-        """Durable before the answer (sync), or handed over without waiting (async)."""
+    def _record_exposures(self, text: str, rows: int, *, sync: bool) -> Pending | None:
+        """What the answer waits for (sync), or nothing: handed over without waiting (async)."""
         try:
             receipt = self._exposures.record(text, rows)
         except StoreUnavailableError as exc:
@@ -179,13 +223,19 @@ class AssignmentService:
                     f"exposures cannot be recorded right now ({exc}); retry shortly"
                 ) from exc
             log.warning("exposures not recorded, %d dropped: %s", rows, exc)
-            return
-        if sync and not receipt.wait(self._timeout):
-            raise StoreUnavailableError(
-                f"exposures were not durable within {self._timeout:g} s; retry shortly"
-            )
+            return None
+        if not sync:
+            return None
+        return Pending(
+            receipt, f"exposures were not durable within {self._timeout:g} s; retry shortly"
+        )
 
     def log_exposures(self, items: Sequence[ExposureInput]) -> int:
+        accepted, pending = self.start_log_exposures(items)
+        self.settle(pending)
+        return accepted
+
+    def start_log_exposures(self, items: Sequence[ExposureInput]) -> tuple[int, Pending | None]:
         """Store the exposures of units a client assigned itself (``LocalClient``); durable
         before it returns, whatever ``durability`` says (the client retries otherwise).
 
@@ -207,10 +257,11 @@ class AssignmentService:
             tail = row_tail(item.exposed_at, item.trace.trace_id, item.trace.span_id)
             lines.append(f"{row_head}{tail}{escape(self._stored_id(item.unit_id))}\n")
             keys.append(key)
+        pending = None
         if lines:
-            self._record_exposures("".join(lines), len(lines), sync=True)
+            pending = self._record_exposures("".join(lines), len(lines), sync=True)
             logged.update(keys)
-        return len(items)
+        return len(items), pending
 
     def track(self, item: TrackInput, trace: TraceRef = NO_TRACE) -> Event:
         return self.track_batch([item], trace, single=True)[0]
@@ -218,6 +269,13 @@ class AssignmentService:
     def track_batch(
         self, items: Sequence[TrackInput], trace: TraceRef = NO_TRACE, *, single: bool = False
     ) -> list[Event]:
+        events, pending = self.start_track_batch(items, trace, single=single)
+        self.settle(pending)
+        return events
+
+    def start_track_batch(
+        self, items: Sequence[TrackInput], trace: TraceRef = NO_TRACE, *, single: bool = False
+    ) -> tuple[list[Event], Pending]:
         if not single:
             check_batch(len(items), "events")
         now = self._clock.now()
@@ -233,12 +291,11 @@ class AssignmentService:
             raise StoreUnavailableError(
                 f"events cannot be recorded right now ({exc}); retry with the same event_id shortly"
             ) from exc
-        if not receipt.wait(self._timeout):
-            raise StoreUnavailableError(
-                f"events were not durable within {self._timeout:g} s; retry with the same "
-                "event_id shortly"
-            )
-        return events
+        return events, Pending(
+            receipt,
+            f"events were not durable within {self._timeout:g} s; retry with the same event_id "
+            "shortly",
+        )
 
     @staticmethod
     def _event(item: TrackInput, now: datetime, trace: TraceRef, prefix: str) -> Event:

@@ -234,8 +234,25 @@ class EmptyServicer(pb_grpc.AssignmentServiceServicer):
         return pb.TrackBatchResponse(event_ids=[e.event_id for e in request.events])
 
 
+class AsyncEmptyServicer(pb_grpc.AssignmentServiceServicer):
+    """:class:`EmptyServicer` as coroutines, for a ``grpc.aio`` server like abkit's own."""
+
+    async def Assign(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.AssignResponse()
+
+    async def AssignBatch(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.AssignBatchResponse(responses=[pb.AssignResponse() for _ in request.requests])
+
+    async def Track(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.TrackResponse(event_id=request.event_id)
+
+    async def TrackBatch(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.TrackBatchResponse(event_ids=[e.event_id for e in request.events])
+
+
 def serve_baseline(address: str, workers: int = 16) -> None:
-    """Run the empty-handler server until killed (prints ``port N`` once listening)."""
+    """Run the empty-handler server (grpcio's synchronous one) until killed (prints ``port N``
+    once listening)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     pb_grpc.add_AssignmentServiceServicer_to_server(EmptyServicer(), server)
     port = server.add_insecure_port(address)
@@ -245,7 +262,20 @@ def serve_baseline(address: str, workers: int = 16) -> None:
     server.wait_for_termination()
 
 
-if __name__ == "__main__":  # python -m abkit.tools.loadtest ADDRESS: the baseline server alone
-    serve_baseline(
-        sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:0", int(os.environ.get("WORKERS", "16"))
-    )
+async def serve_baseline_aio(address: str) -> None:
+    """The empty handlers on a ``grpc.aio`` server, until killed."""
+    server = grpc.aio.server()
+    pb_grpc.add_AssignmentServiceServicer_to_server(AsyncEmptyServicer(), server)
+    port = server.add_insecure_port(address)
+    await server.start()
+    sys.stdout.write(f"baseline (aio) listening on port {port}\n")
+    sys.stdout.flush()
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":  # python -m abkit.tools.loadtest ADDRESS [--aio]: a baseline server
+    where = next((a for a in sys.argv[1:] if not a.startswith("--")), "127.0.0.1:0")
+    if "--aio" in sys.argv[1:]:
+        asyncio.run(serve_baseline_aio(where))
+    else:
+        serve_baseline(where, int(os.environ.get("WORKERS", "16")))

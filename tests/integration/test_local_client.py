@@ -647,9 +647,10 @@ def test_log_exposures_refuses_what_the_config_does_not_allow(
 def test_streams_beyond_the_limit_are_refused_and_unary_calls_still_answer(
     sqlite_url: str,
 ) -> None:
-    # One unary worker: the streams must not hold it (they run in a pool of their own).
+    # Streams are coroutines on the server's loop: open ones hold no thread, and unary calls
+    # on the same loop still answer.
     before = set(threading.enumerate())
-    server, runtime = _serve(sqlite_url, config_streams=2, grpc_workers=1)
+    server, runtime = _serve(sqlite_url, config_streams=2)
     runtime.experiments.apply(experiment_from_dict(EXPERIMENT), actor="t", start=True)
     runtime.config.refresh()
     try:
@@ -670,8 +671,9 @@ def test_streams_beyond_the_limit_are_refused_and_unary_calls_still_answer(
                 )
             assert all(a.assignments for a in answers)
         names = [t.name for t in threading.enumerate() if t not in before]
-        assert sum(n.startswith("abkit-config_") for n in names) >= 2  # the open streams
-        assert sum(n.startswith("abkit-grpc_") for n in names) == 1  # the unary pool, alone
+        assert server.feed.streams == 2 and server.feed.refused == 1
+        assert [n for n in names if n.startswith("abkit-")].count("abkit-grpc") == 1  # the loop
+        assert not [n for n in names if n.startswith(("abkit-config_", "abkit-grpc_"))]  # no pools
         for c in clients:
             c.close()
     finally:

@@ -17,7 +17,7 @@ def test_reads_prefixed_variables_and_standard_otel_ones() -> None:
     settings = Settings.from_env(
         {
             "ABKIT_DATABASE_URL": "postgresql+psycopg://db/abkit",
-            "ABKIT_GRPC_WORKERS": "4",
+            "ABKIT_GRPC_PROCESSES": "4",
             "ABKIT_WRITER_FLUSH_SECONDS": "0.5",
             "ABKIT_ACTOR": "ci-pipeline",
             "OTEL_TRACES_EXPORTER": "console",
@@ -25,7 +25,7 @@ def test_reads_prefixed_variables_and_standard_otel_ones() -> None:
         }
     )
     assert settings.database_url == "postgresql+psycopg://db/abkit"
-    assert settings.grpc_workers == 4
+    assert settings.grpc_processes == 4
     assert settings.writer_flush_seconds == 0.5
     assert settings.actor == "ci-pipeline"
     assert settings.otel_traces_exporter == "console"
@@ -34,8 +34,8 @@ def test_reads_prefixed_variables_and_standard_otel_ones() -> None:
 @pytest.mark.parametrize(
     ("env", "field", "words"),
     [
-        ({"ABKIT_GRPC_WORKERS": "many"}, "ABKIT_GRPC_WORKERS", "whole number"),
-        ({"ABKIT_GRPC_WORKERS": "0"}, "ABKIT_GRPC_WORKERS", "at least 1"),
+        ({"ABKIT_GRPC_PROCESSES": "many"}, "ABKIT_GRPC_PROCESSES", "whole number"),
+        ({"ABKIT_GRPC_PROCESSES": "0"}, "ABKIT_GRPC_PROCESSES", "at least 1"),
         ({"ABKIT_WRITER_FLUSH_SECONDS": "nan"}, "ABKIT_WRITER_FLUSH_SECONDS", "positive"),
         ({"ABKIT_WRITER_FLUSH_SECONDS": "-1"}, "ABKIT_WRITER_FLUSH_SECONDS", "positive"),
     ],
@@ -50,3 +50,12 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(AttributeError):
         settings.database_url = "x"  # type: ignore[misc]
+
+
+def test_a_retired_variable_is_reported_not_silently_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="abkit.config"):
+        Settings.from_env({"ABKIT_GRPC_WORKERS": "16"})
+    assert "ABKIT_GRPC_WORKERS is no longer read" in caplog.text
+    assert "ABKIT_GRPC_PROCESSES" in caplog.text
