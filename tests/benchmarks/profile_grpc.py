@@ -1,6 +1,7 @@
 """Profile: where a gRPC server's CPU goes under the same load as bench_grpc.py.
 
-Starts one server of a ``bench_grpc`` kind (``baseline``, ``new``, ``new-async``, ``returning``)
+Starts one server of a ``bench_grpc`` kind (``baseline``, ``baseline-aio``, ``new``, ``new-async``,
+``returning``)
 on a fresh database, runs the Go generator against it, and profiles the server process during
 the run with
 
@@ -37,7 +38,7 @@ from common import scratch_database
 
 PY_SPY = bg.ROOT / ".bench-venv" / "bin" / "py-spy"
 PARTS = (
-    ("wait for the group commit", "Receipt.wait"),
+    ("wait for the group commit", "DurableWaits"),
     ("journal thread", "Journal._run"),
     ("drain thread", "JournalDrain"),
     ("abkit request path", "abkit/rpc/tracing.py"),
@@ -69,7 +70,7 @@ def perf_report(data: Path, sort: str, top: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--kind", default="new", choices=["baseline", "new", "new-async", "returning"]
+        "--kind", default="new", choices=["baseline", "baseline-aio", "new", "new-async", "returning"]
     )
     parser.add_argument("--method", default="Assign", choices=["Assign", "AssignBatch"])
     parser.add_argument("--tool", default="py-spy", choices=["py-spy", "perf", "none"])
