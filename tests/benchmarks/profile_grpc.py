@@ -70,7 +70,9 @@ def perf_report(data: Path, sort: str, top: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--kind", default="new", choices=["baseline", "baseline-aio", "new", "new-async", "returning"]
+        "--kind",
+        default="new",
+        choices=["baseline", "baseline-aio", "new", "new-async", "returning"],
     )
     parser.add_argument("--method", default="Assign", choices=["Assign", "AssignBatch"])
     parser.add_argument("--tool", default="py-spy", choices=["py-spy", "perf", "none"])
