@@ -1,9 +1,10 @@
 """``abkit grpc --processes N``: N server processes on one port, and their supervisor.
 
 A Python process serves RPCs on about one core: its handlers are coroutines on one event loop,
-and the Python work of every call holds the GIL. To use more cores, ``abkit grpc`` starts N copies of itself
-that each bind the same port with ``SO_REUSEPORT`` (Linux); the kernel spreads incoming
-connections over them (by a hash of the connection, so a handful of clients may land unevenly).
+and the Python work of every call holds the GIL. To use more cores, ``abkit grpc`` starts N
+copies of itself that each bind the same port with ``SO_REUSEPORT`` (Linux); the kernel spreads
+incoming connections over them (by a hash of the connection, so a handful of clients may land
+unevenly).
 This is grpcio's documented way to use several cores: a server must not be created before a
 ``fork``, so the copies are started as fresh interpreters, never forked from a process that has
 touched gRPC.
