@@ -162,16 +162,15 @@ class Receipt:
 
     def hurry(self) -> None:
         """Somebody waits: commit the open group now rather than at the next interval."""
-        if not self.group.done.is_set():
+        if not self.group.finished():
             self._committer._hurry()
 
     def wait(self, timeout: float) -> bool:
         """Block until the record is durable; False on timeout or when the commit failed."""
-        group = self.group
-        if not group.done.is_set():
-            self._committer._hurry()
-            group.done.wait(timeout)
-        return group.durable
+        if not self.group.finished():
+            self.hurry()
+            self.group.done.wait(timeout)
+        return self.group.durable
 
 
 def frame(kind: RowKind, rows: int, payload: bytes) -> bytes:
