@@ -4,6 +4,7 @@ in the test records real looks; every documented exit code, for real."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -36,7 +37,7 @@ def waiting(url: str, *args: str) -> Iterator[subprocess.Popen[str]]:
     )  # fmt: skip
     try:
         assert proc.stdout is not None
-        first = proc.stdout.readline()
+        first = _first_line(proc.stdout.fileno())
         assert first, f"abkit wait ended early: {proc.communicate(timeout=30)}"
         proc.first_line = first  # type: ignore[attr-defined]
         yield proc
@@ -44,6 +45,16 @@ def waiting(url: str, *args: str) -> Iterator[subprocess.Popen[str]]:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def _first_line(fd: int) -> str:
+    """The first line, read a byte at a time from the pipe itself: a buffered ``readline`` may
+    take the next lines too (the result, when it follows at once), and ``communicate`` reads the
+    pipe, not that buffer, so they would be lost."""
+    line = bytearray()
+    while not line.endswith(b"\n") and (byte := os.read(fd, 1)):
+        line += byte
+    return line.decode()
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, list[str], str]:
