@@ -56,6 +56,11 @@ class Settings:
     serves about one core's worth of RPCs, so set it to the cores the server may use. Each
     process has its own journal (``<spool>/process-<i>``); ``abkit grpc`` supervises them and
     stops them all when one dies."""
+    grpc_switch_interval_seconds: float = 0.001
+    """``sys.setswitchinterval`` of ``abkit grpc`` and ``abkit serve``: how long a thread may
+    hold the GIL while another waits for it. The journal's and the drain's threads give it up on
+    every fsync and database round trip and, at Python's default of 5 ms, can wait that long to
+    get it back from the busy request loop each time; 1 ms keeps them moving (BENCHMARKS.md)."""
     grpc_grace_seconds: float = 10.0
     """On shutdown, in-flight RPCs get this long to finish."""
     config_refresh_seconds: float = 0.25
@@ -68,8 +73,10 @@ class Settings:
     config_heartbeat_seconds: float = 5.0
     """A config stream with no change sends a heartbeat this often: clients know the config
     they hold is current (their config age stays below it)."""
-    writer_batch_size: int = 2000
-    """Most exposures and events the journal's drain writes to the store in one transaction."""
+    writer_batch_size: int = 20000
+    """Most exposures and events the journal's drain writes to the store in one transaction. It
+    takes what is durable up to this bound, so batches are small when traffic is light; under
+    load, large batches spend fewer round trips (and fewer waits for the GIL) per row."""
     writer_flush_seconds: float = 0.2
     """Longest a durable row waits in the journal before the drain looks for it."""
     spool_dir: str = ""
@@ -230,6 +237,7 @@ class Settings:
             )
         for name in (
             "grpc_grace_seconds",
+            "grpc_switch_interval_seconds",
             "config_refresh_seconds",
             "config_heartbeat_seconds",
             "writer_flush_seconds",

@@ -38,6 +38,11 @@ def test_reads_prefixed_variables_and_standard_otel_ones() -> None:
         ({"ABKIT_GRPC_PROCESSES": "0"}, "ABKIT_GRPC_PROCESSES", "at least 1"),
         ({"ABKIT_WRITER_FLUSH_SECONDS": "nan"}, "ABKIT_WRITER_FLUSH_SECONDS", "positive"),
         ({"ABKIT_WRITER_FLUSH_SECONDS": "-1"}, "ABKIT_WRITER_FLUSH_SECONDS", "positive"),
+        (
+            {"ABKIT_GRPC_SWITCH_INTERVAL_SECONDS": "0"},
+            "ABKIT_GRPC_SWITCH_INTERVAL_SECONDS",
+            "positive",
+        ),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], field: str, words: str) -> None:
