@@ -10,9 +10,11 @@ unit, one event per id), so records read again after a crash store nothing twice
 off exponentially (``0.05 s`` doubling to ``max_backoff``) and retries; the journal's bound
 applies back-pressure upstream.
 
-**A record the store refuses** for a reason other than availability (a value it rejects)
-cannot block the journal forever: the batch is retried record by record, and a record that
-fails on its own is written to ``<journal>/dead-letter/`` with the reason, counted and skipped.
+**A row the store refuses** for a reason other than availability (a value it rejects) cannot
+block the journal forever: the batch is retried record by record, a record that fails on its
+own (it may hold the rows of many calls: a group commit's) row by row, and only the rows
+refused on their own are written to ``<journal>/dead-letter/`` with the reasons, counted and
+skipped.
 """
 
 from __future__ import annotations
@@ -139,22 +141,46 @@ class JournalDrain:
             except StoreUnavailableError as exc:
                 self._mark_down(exc)
                 return False
-            except Exception as exc:  # noqa: BLE001 -- this record, and only it, is refused
-                self._dead_letter(record, exc)
+            except Exception as exc:  # noqa: BLE001 -- something in this record is refused
+                if not self._row_by_row(record, exc):
+                    return False
         return True
 
-    def _dead_letter(self, record: Record, exc: BaseException) -> None:
-        self._dead += record.rows
+    def _row_by_row(self, record: Record, exc: BaseException) -> bool:
+        """Write a refused record's rows one at a time; dead-letter those refused on their own.
+        False when the store became unavailable (the record stays in the journal; the rows
+        already written are not stored twice when it is read again)."""
+        rows = [row + b"\n" for row in record.payload.split(b"\n") if row]
+        if len(rows) <= 1:
+            self._dead_letter(record, [(record.payload, exc)])
+            return True
+        refused: list[tuple[bytes, BaseException]] = []
+        for row in rows:
+            try:
+                self._write([Record(record.kind, 1, row, record.end)])
+            except StoreUnavailableError as down:
+                self._mark_down(down)
+                return False
+            except Exception as row_exc:  # noqa: BLE001 -- this row, and only it, is refused
+                refused.append((row, row_exc))
+        if refused:
+            self._dead_letter(record, refused)
+        return True
+
+    def _dead_letter(self, record: Record, refused: Sequence[tuple[bytes, BaseException]]) -> None:
+        self._dead += len(refused)  # one line, one row
         directory = self._journal.directory
-        log.error("journal drain: %d %s rows refused by the store: %s", record.rows,
-                  record.kind.name.lower(), exc)  # fmt: skip
+        log.error("journal drain: %d %s rows refused by the store: %s", len(refused),
+                  record.kind.name.lower(), refused[0][1])  # fmt: skip
         if directory is None:
             return
         target = Path(directory) / "dead-letter"
         target.mkdir(exist_ok=True)
         name = f"{record.end.segment:08d}-{record.end.offset:012d}-{record.kind.name.lower()}"
-        (target / f"{name}.rows").write_bytes(record.payload)
-        (target / f"{name}.reason").write_text(f"{type(exc).__name__}: {exc}\n")
+        (target / f"{name}.rows").write_bytes(b"".join(row for row, _ in refused))
+        (target / f"{name}.reason").write_text(
+            "".join(f"{type(exc).__name__}: {exc}\n" for _, exc in refused)
+        )
 
     def _mark_down(self, exc: AbkitError) -> None:
         self._failed_batches += 1

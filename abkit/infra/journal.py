@@ -1,8 +1,10 @@
 """The local journal: where an accepted exposure or event becomes durable before the answer.
 
-**Group commit.** :meth:`Journal.append` only buffers a framed record and returns a
-:class:`Receipt`; one flusher thread writes everything buffered since its last write with one
-``write`` and one ``fdatasync``, then wakes the waiters. Concurrent calls share the fsync: the
+**Group commit.** :meth:`Journal.append` only buffers its rows and returns a :class:`Receipt`;
+one flusher thread writes everything buffered since its last write with one ``write`` and one
+``fdatasync``, then wakes the waiters. Consecutive appends of one kind in a group become one
+record (up to :data:`MERGE_BYTES`): a consumer reads, checks and writes a group's rows as one
+piece instead of one per call. Concurrent calls share the fsync: the
 busier the server, the more each fsync carries (the classic database log). Under concurrency
 -- the last group held :data:`COMMIT_SIBLINGS` records or more -- the flusher first waits
 ``commit_delay`` for the calls arriving meanwhile, as PostgreSQL's ``commit_delay`` and
@@ -55,7 +57,7 @@ from abkit.errors import StoreUnavailableError
 log = logging.getLogger(__name__)
 
 COMMIT_SIBLINGS = 4
-"""Records the last group must have held for the next one to wait ``commit_delay``."""
+"""Appends the last group must have held for the next one to wait ``commit_delay``."""
 SUFFIX = ".journal"
 CHECKPOINT = "checkpoint"
 IDENTITY = "id"
@@ -65,6 +67,10 @@ HEADER_SIZE = _HEADER.size
 READ_CHUNK = 1 << 20
 FLUSH_INTERVAL = 0.005
 """Appends nobody waits for are made durable within about this long."""
+MERGE_BYTES = 256 * 1024
+"""Consecutive appends of one kind in a group share a record up to this size (an append larger
+than it is a record of its own). At most the stream's message size: the stream recorder
+forwards records as messages."""
 
 
 class JournalFull(StoreUnavailableError):
@@ -177,6 +183,21 @@ def frame(kind: RowKind, rows: int, payload: bytes) -> bytes:
     return _HEADER.pack(MAGIC, kind, rows, len(payload), zlib.crc32(payload)) + payload
 
 
+class _Run:
+    """Consecutive appends of one kind in the open group: one record when written."""
+
+    __slots__ = ("kind", "parts", "rows", "size")
+
+    def __init__(self, kind: RowKind, payload: bytes, rows: int) -> None:
+        self.kind = kind
+        self.parts = [payload]
+        self.rows = rows
+        self.size = len(payload)
+
+    def frame(self) -> bytes:
+        return frame(self.kind, self.rows, b"".join(self.parts))
+
+
 def parse(data: bytes, segment: int, start: int = 0) -> tuple[list[Record], int]:
     """The whole records in ``data`` (a segment's bytes from offset ``start``), and the offset
     where the valid part ends (a torn or corrupt tail stops the parse)."""
@@ -218,9 +239,10 @@ class Journal:
         self._work = threading.Condition(self._lock)
         self._progress = threading.Condition(self._lock)
         self._consumption = threading.Condition(self._lock)
-        self._pending: list[bytes] = []
+        self._pending: list[_Run] = []
         self._pending_bytes = 0
         self._pending_rows = 0
+        self._pending_appends = 0  # appends in the open group
         self._seq = 0  # appends so far
         self._appended_rows = 0
         self._durable_rows = 0
@@ -233,7 +255,7 @@ class Journal:
         self._group = Group()  # the records appended since the last flush
         self._urgent = False
         self._last_flush = 0.0
-        self._last_group = 0  # records in the last group written
+        self._last_group = 0  # appends in the last group written
         self._thread: threading.Thread | None = None
         # File mode: the active segment; memory mode: the records themselves.
         self._segment = 1
@@ -302,21 +324,31 @@ class Journal:
     # -- appending -------------------------------------------------------------------------------
 
     def append(self, kind: RowKind, payload: bytes, rows: int) -> Receipt:
-        """Buffer one record for the next group commit; raises :class:`JournalFull` or
+        """Buffer rows for the next group commit; raises :class:`JournalFull` or
         :class:`JournalFailed` instead of accepting rows it cannot keep."""
-        data = frame(kind, rows, payload)
+        size = len(payload)
         with self._lock:
             if self._failure is not None:
                 raise JournalFailed(f"the journal cannot be written: {self._failure}")
             if self._closing:
                 raise JournalFailed("the journal is closing")
-            if self._backlog_bytes + self._pending_bytes + len(data) > self._max_bytes:
+            run = self._pending[-1] if self._pending else None
+            joins = run is not None and run.kind == kind and run.size + size <= MERGE_BYTES
+            added = size if joins else size + HEADER_SIZE
+            if self._backlog_bytes + self._pending_bytes + added > self._max_bytes:
                 raise JournalFull(
                     f"the journal holds {self._backlog_bytes + self._pending_bytes} bytes not yet "
                     f"in the store (bound {self._max_bytes}); retry shortly"
                 )
-            self._pending.append(data)
-            self._pending_bytes += len(data)
+            if joins:
+                assert run is not None
+                run.parts.append(payload)
+                run.rows += rows
+                run.size += size
+            else:
+                self._pending.append(_Run(kind, payload, rows))
+            self._pending_appends += 1
+            self._pending_bytes += added
             self._pending_rows += rows
             self._appended_rows += rows
             self._seq += 1
@@ -365,16 +397,17 @@ class Journal:
 
     def _flush_locked(self) -> None:
         """Write and sync the open group; called with the lock held, released while writing."""
-        frames, rows, size = self._pending, self._pending_rows, self._pending_bytes
+        runs, rows, size = self._pending, self._pending_rows, self._pending_bytes
         group = self._group
-        self._last_group = len(frames)
+        self._last_group = self._pending_appends
         self._pending, self._pending_bytes, self._pending_rows = [], 0, 0
+        self._pending_appends = 0
         self._group = Group()
         self._urgent = False
         failure: OSError | None = None
         self._lock.release()
         try:
-            records, end = self._write(frames)
+            records, end = self._write([run.frame() for run in runs])
         except OSError as exc:
             failure = exc
         finally:

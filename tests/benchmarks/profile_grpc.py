@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--tool", default="py-spy", choices=["py-spy", "perf", "none"])
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--keep", type=Path, help="copy the raw profile here (py-spy: collapsed)")
     args = parser.parse_args()
     settings = {}
     for setting in args.env:
@@ -120,6 +122,8 @@ def main() -> None:
             )
             if profiler is not None:
                 profiler.wait()
+            if args.keep is not None and profiler is not None:
+                shutil.copyfile(out, args.keep)
         under = "" if profiler is None else " under the profiler"
         print(f"{args.kind} {args.method}: {report['units_per_second']:,.0f} units/s{under}")
         if args.tool == "py-spy":

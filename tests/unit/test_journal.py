@@ -16,6 +16,7 @@ from abkit.errors import StoreUnavailableError
 from abkit.infra.drain import JournalDrain
 from abkit.infra.journal import (
     HEADER_SIZE,
+    MERGE_BYTES,
     START,
     Journal,
     JournalFailed,
@@ -24,6 +25,7 @@ from abkit.infra.journal import (
     Position,
     frame,
 )
+from abkit.infra.stream import MAX_MESSAGE_BYTES
 from abkit.store.memory import MemoryStore
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
@@ -309,3 +311,49 @@ def test_a_store_refusing_everything_keeps_the_rows(journal: Journal) -> None:
     assert not journal.wait_consumed(journal.durable_end, 0.2)
     drain.stop(0.1)
     assert journal.stats().backlog_rows == 2 and journal.checkpoint == Position(1, 0)
+
+
+def test_a_refused_row_among_good_ones_is_dead_lettered_alone(journal: Journal) -> None:
+    """A record holds the rows of many calls (a group commit's): one refused row must not take
+    the others with it."""
+    store = FlakyStore(refuse="poison")
+    drain = JournalDrain(journal, store, interval=0.01)
+    rows = [Event(f"ok-{i}", f"u{i}", "conversion", 1.0, T0) for i in range(5)]
+    rows.insert(2, Event("poison", "u9", "conversion", 1.0, T0))
+    assert journal.append(RowKind.EVENTS, encode_events(rows).encode(), len(rows)).wait(5)
+    drain.start()
+    assert journal.wait_consumed(journal.durable_end, 5)
+    drain.stop(5)
+    with store.transaction() as tx:
+        assert all(tx.events.get(f"ok-{i}") is not None for i in range(5))
+        assert tx.events.get("poison") is None
+    assert drain.stats().dead_lettered == 1
+    assert drain.stats().written["events"] == 5
+    if journal.directory is not None:
+        dead = journal.directory / "dead-letter"
+        (stored,) = dead.glob("*.rows")
+        assert stored.read_bytes() == encode_events([rows[2]]).encode()
+        (reason,) = dead.glob("*.reason")
+        assert reason.read_text() == "ValueError: value out of range in poison\n"
+
+
+def test_appends_of_one_group_share_a_record(journal: Journal) -> None:
+    """Consecutive appends of one kind in a group are one record (a consumer handles a group's
+    rows as one piece); another kind in between starts a new one, so the order is kept."""
+    receipts = [append_exposures(journal, exposures(1, start=i)) for i in range(50)]
+    event = encode_events([Event("e-1", "u1", "conversion", 1.0, T0)]).encode()
+    receipts.append(journal.append(RowKind.EVENTS, event, 1))
+    receipts += [append_exposures(journal, exposures(1, start=i)) for i in range(50, 60)]
+    assert all(r.wait(5) for r in receipts)
+    records = journal.read(START, max_rows=1000, timeout=1)
+    assert len(records) < len(receipts)
+    assert sum(r.rows for r in records) == 61
+    kinds = [r.kind for r in records]
+    first_event = kinds.index(RowKind.EVENTS)
+    assert set(kinds[:first_event]) == {RowKind.EXPOSURES} and kinds.count(RowKind.EVENTS) == 1
+    exposure_text = b"".join(r.payload for r in records if r.kind is RowKind.EXPOSURES)
+    assert exposure_text == encode_exposures(exposures(60)).encode()
+
+
+def test_a_record_is_never_larger_than_a_stream_message() -> None:
+    assert MERGE_BYTES <= MAX_MESSAGE_BYTES
