@@ -101,8 +101,10 @@ class JournalDrain:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if self.step() < self._batch_rows:
-                # Caught up: let rows gather for a batch rather than copy a few at a time.
+            # A batch may end short of ``batch_rows`` with more to read (records hold a group
+            # commit's rows and are not split): only when caught up -- or when nothing could be
+            # written -- let rows gather for a batch rather than copy a few at a time.
+            if not self.step() or self._position >= self._journal.durable_end:
                 self._stop.wait(self._interval)
 
     def step(self, timeout: float = 0.0) -> int:

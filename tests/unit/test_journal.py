@@ -357,3 +357,17 @@ def test_appends_of_one_group_share_a_record(journal: Journal) -> None:
 
 def test_a_record_is_never_larger_than_a_stream_message() -> None:
     assert MERGE_BYTES <= MAX_MESSAGE_BYTES
+
+
+def test_the_drain_does_not_pause_while_a_backlog_remains(journal: Journal) -> None:
+    """Records are not split, so a batch may stop short of ``batch_rows`` with more to read:
+    the drain goes on at once, and pauses ``interval`` only once it has caught up."""
+    for k in range(10):
+        assert append_exposures(journal, exposures(10, start=10 * k)).wait(5)
+    store = MemoryStore()
+    drain = JournalDrain(journal, store, batch_rows=25, interval=60.0)  # 20 rows a batch
+    drain.start()
+    assert journal.wait_consumed(journal.durable_end, 5)
+    drain.stop(5)
+    with store.transaction() as tx:
+        assert sum(tx.exposures.counts("exp").values()) == 100
