@@ -101,10 +101,12 @@ class JournalDrain:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            # A batch may end short of ``batch_rows`` with more to read (records hold a group
-            # commit's rows and are not split): only when caught up -- or when nothing could be
-            # written -- let rows gather for a batch rather than copy a few at a time.
-            if not self.step() or self._position >= self._journal.durable_end:
+            # Caught up with what was durable when the batch was read (or nothing could be
+            # written): let rows gather for a batch rather than copy a few at a time. A batch
+            # may end short of ``batch_rows`` with a backlog behind it (records hold a group
+            # commit's rows and are not split); then the next one follows at once.
+            end = self._journal.durable_end
+            if not self.step() or self._position >= end:
                 self._stop.wait(self._interval)
 
     def step(self, timeout: float = 0.0) -> int:

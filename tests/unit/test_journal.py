@@ -371,3 +371,25 @@ def test_the_drain_does_not_pause_while_a_backlog_remains(journal: Journal) -> N
     drain.stop(5)
     with store.transaction() as tx:
         assert sum(tx.exposures.counts("exp").values()) == 100
+
+
+def test_rows_arriving_during_a_batch_wait_for_the_next_interval(journal: Journal) -> None:
+    """Once caught up with what was durable when it read, the drain lets rows gather: under a
+    steady trickle it must not write one small transaction per group commit."""
+    arrivals: list[Any] = []
+
+    class Busy(MemoryStore):
+        def transaction(self) -> Any:
+            if not arrivals:  # a row arrives while the first batch is written
+                arrivals.append(append_exposures(journal, exposures(1, start=99)))
+                assert arrivals[0].wait(5)
+            return super().transaction()
+
+    assert append_exposures(journal, exposures(1)).wait(5)
+    first = journal.durable_end
+    drain = JournalDrain(journal, Busy(), interval=60.0)
+    drain.start()
+    assert journal.wait_consumed(first, 5)
+    assert arrivals and journal.durable_end > first
+    assert not journal.wait_consumed(journal.durable_end, 0.5)
+    drain.stop(0.1)
