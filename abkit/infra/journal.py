@@ -4,9 +4,9 @@
 one flusher thread writes everything buffered since its last write with one ``write`` and one
 ``fdatasync``, then wakes the waiters. Consecutive appends of one kind in a group become one
 record (up to :data:`MERGE_BYTES`): a consumer reads, checks and writes a group's rows as one
-piece instead of one per call. Concurrent calls share the fsync: the
-busier the server, the more each fsync carries (the classic database log). Under concurrency
--- the last group held :data:`COMMIT_SIBLINGS` records or more -- the flusher first waits
+piece instead of one per call. Concurrent calls share the fsync: the busier the server, the
+more each fsync carries (the classic database log). Under concurrency -- the last group held
+:data:`COMMIT_SIBLINGS` appends or more -- the flusher first waits
 ``commit_delay`` for the calls arriving meanwhile, as PostgreSQL's ``commit_delay`` and
 ``commit_siblings`` do: fewer, fuller groups mean fewer thread wake-ups on a busy server; a
 lone call is never delayed. A caller that must not answer before its rows are durable
