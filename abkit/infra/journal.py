@@ -194,6 +194,11 @@ class _Run:
         self.rows = rows
         self.size = len(payload)
 
+    def add(self, payload: bytes, rows: int) -> None:
+        self.parts.append(payload)
+        self.rows += rows
+        self.size += len(payload)
+
     def frame(self) -> bytes:
         return frame(self.kind, self.rows, b"".join(self.parts))
 
@@ -333,18 +338,16 @@ class Journal:
             if self._closing:
                 raise JournalFailed("the journal is closing")
             run = self._pending[-1] if self._pending else None
-            joins = run is not None and run.kind == kind and run.size + size <= MERGE_BYTES
-            added = size if joins else size + HEADER_SIZE
+            if run is not None and (run.kind != kind or run.size + size > MERGE_BYTES):
+                run = None  # a record of its own
+            added = size if run is not None else size + HEADER_SIZE
             if self._backlog_bytes + self._pending_bytes + added > self._max_bytes:
                 raise JournalFull(
                     f"the journal holds {self._backlog_bytes + self._pending_bytes} bytes not yet "
                     f"in the store (bound {self._max_bytes}); retry shortly"
                 )
-            if joins:
-                assert run is not None
-                run.parts.append(payload)
-                run.rows += rows
-                run.size += size
+            if run is not None:
+                run.add(payload, rows)
             else:
                 self._pending.append(_Run(kind, payload, rows))
             self._pending_appends += 1
