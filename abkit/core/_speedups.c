@@ -1,10 +1,12 @@
 /* abkit.core._speedups: the assignment hot path in C, for the few steps where CPython's per-call
- * objects cost more than the work. Three pieces, each the native twin of a pure-Python one that
+ * objects cost more than the work. Four pieces, each the native twin of a pure-Python one that
  * stays the reference and the fallback (this build is optional, pyproject.toml):
  *
  * - Seeded: the seeded SHA-256 digests of abkit.core.hashing;
  * - RecentKeys: the memory of logged exposures of abkit.core.recent;
- * - PlainRequests: the common-case check of a unit id and its attributes of abkit.core.limits.
+ * - PlainRequests: the common-case check of a unit id and its attributes of abkit.core.limits;
+ * - read_plain_batch and assign_plain: an AssignBatch of plain units, from its wire bytes to its
+ *   answers and exposure rows, of abkit.core.plain.
  *
  * Each is held equal to its Python twin by tests (hash vectors, property tests). All of it is
  * pure: no I/O, no clock, no environment, like the rest of abkit/core.
@@ -573,13 +575,466 @@ static PyTypeObject PlainType = {
     .tp_new = plain_new,
 };
 
+/* ---------------------------------------------------------------------------------------------
+ * Plain batches: an AssignBatch request whose units are all the common case -- a printable-ASCII
+ * unit id, no attributes, the same experiment keys -- read from its wire bytes, assigned and
+ * encoded without a Python object per unit beyond the unit's str and its answer. The pure-Python
+ * twins are abkit/core/plain.py (read: None, i.e. "take the protobuf path"; assign: the
+ * compiled experiment's own closure), and property tests hold the two equal.
+ *
+ * read_plain_batch(data, max_unit_bytes): the protobuf wire format (protobuf.dev, "Encoding")
+ * of AssignBatchRequest { repeated AssignRequest requests = 1; } with AssignRequest
+ * { string unit_id = 1; map<...> attributes = 2; repeated string experiment_keys = 3; }.
+ * Anything else -- an attribute, an unknown or repeated field, a unit id that is not plain, keys
+ * that differ between units, invalid UTF-8, no units -- returns None: the caller parses the
+ * request with protobuf and checks it unit by unit, which accepts it or names the problem.
+ * ------------------------------------------------------------------------------------------- */
+
+#define MAX_PLAIN_KEYS 100
+
+typedef struct {
+    const unsigned char *data;
+    Py_ssize_t size;
+} Span;
+
+/* A varint at *p (advanced past it); 0 when it runs past end or over 10 bytes. */
+static int
+read_varint(const unsigned char **p, const unsigned char *end, uint64_t *out)
+{
+    uint64_t value = 0;
+    for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+        unsigned char byte = *(*p)++;
+        value |= (uint64_t)(byte & 0x7f) << shift;
+        if (!(byte & 0x80)) {
+            *out = value;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A length-delimited field's payload at *p (advanced past it); 0 when it runs past end. */
+static int
+read_span(const unsigned char **p, const unsigned char *end, Span *out)
+{
+    uint64_t size;
+    if (!read_varint(p, end, &size) || size > (uint64_t)(end - *p)) {
+        return 0;
+    }
+    out->data = *p;
+    out->size = (Py_ssize_t)size;
+    *p += size;
+    return 1;
+}
+
+/* One AssignRequest: its unit id and keys, or 0 if it is not the plain case. */
+static int
+read_unit(Span message, Span *unit, Span *keys, Py_ssize_t *n_keys)
+{
+    const unsigned char *p = message.data, *end = message.data + message.size;
+    int has_unit = 0;
+    *n_keys = 0;
+    while (p < end) {
+        uint64_t tag;
+        Span field;
+        if (!read_varint(&p, end, &tag) || (tag != 0x0a && tag != 0x1a) ||
+            !read_span(&p, end, &field)) {
+            return 0; /* attributes (0x12), an unknown field, or a malformed one */
+        }
+        if (tag == 0x0a) {
+            if (has_unit) {
+                return 0; /* a repeated singular field: protobuf keeps the last; so does it */
+            }
+            has_unit = 1;
+            *unit = field;
+        }
+        else {
+            if (*n_keys == MAX_PLAIN_KEYS) {
+                return 0;
+            }
+            keys[(*n_keys)++] = field;
+        }
+    }
+    return has_unit;
+}
+
+static int
+plain_unit(Span unit, Py_ssize_t limit)
+{
+    if (unit.size == 0 || unit.size > limit) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < unit.size; i++) {
+        if (unit.data[i] < 0x20 || unit.data[i] > 0x7e) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static PyObject *
+read_plain_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    Py_ssize_t limit;
+    if (nargs != 2 || !PyBytes_Check(args[0]) ||
+        (limit = PyLong_AsSsize_t(args[1])) < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError,
+                            "read_plain_batch takes the request's bytes and max_unit_bytes");
+        }
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    const unsigned char *end = p + PyBytes_GET_SIZE(args[0]);
+    Span first_keys[MAX_PLAIN_KEYS], keys[MAX_PLAIN_KEYS];
+    Py_ssize_t n_first = -1, n_keys;
+    PyObject *units = PyList_New(0);
+    if (units == NULL) {
+        return NULL;
+    }
+    while (p < end) {
+        uint64_t tag;
+        Span message, unit;
+        if (!read_varint(&p, end, &tag) || tag != 0x0a || !read_span(&p, end, &message) ||
+            !read_unit(message, &unit, n_first < 0 ? first_keys : keys, &n_keys) ||
+            !plain_unit(unit, limit)) {
+            goto not_plain;
+        }
+        if (n_first < 0) {
+            n_first = n_keys;
+        }
+        else {
+            if (n_keys != n_first) {
+                goto not_plain;
+            }
+            for (Py_ssize_t k = 0; k < n_keys; k++) {
+                if (keys[k].size != first_keys[k].size ||
+                    memcmp(keys[k].data, first_keys[k].data, (size_t)keys[k].size) != 0) {
+                    goto not_plain;
+                }
+            }
+        }
+        PyObject *text = PyUnicode_New(unit.size, 127);
+        if (text == NULL) {
+            goto error;
+        }
+        memcpy(PyUnicode_1BYTE_DATA(text), unit.data, (size_t)unit.size);
+        int failed = PyList_Append(units, text);
+        Py_DECREF(text);
+        if (failed) {
+            goto error;
+        }
+    }
+    if (n_first < 0) {
+        goto not_plain; /* no units: the full path names the problem */
+    }
+    PyObject *key_tuple = PyTuple_New(n_first);
+    if (key_tuple == NULL) {
+        goto error;
+    }
+    for (Py_ssize_t k = 0; k < n_first; k++) {
+        PyObject *key = PyUnicode_DecodeUTF8((const char *)first_keys[k].data, first_keys[k].size,
+                                             "strict");
+        if (key == NULL) {
+            Py_DECREF(key_tuple);
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                goto error;
+            }
+            PyErr_Clear(); /* protobuf rejects it, with its own message */
+            goto not_plain;
+        }
+        PyTuple_SET_ITEM(key_tuple, k, key);
+    }
+    PyObject *result = PyTuple_Pack(2, units, key_tuple);
+    Py_DECREF(units);
+    Py_DECREF(key_tuple);
+    return result;
+not_plain:
+    Py_DECREF(units);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(units);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * assign_plain(units, plan, logged, experiment_key, tail, stored_id): every unit's answer for one
+ * experiment when no unit has attributes, and the exposure rows of those randomized and not in
+ * `logged`, as abkit.core.plain.assign_plain_python computes them with the experiment's closure
+ * (abkit.core.assignment: status, override, holdout, layer, coverage, targeting, split). The plan
+ * (CompiledExperiment.plain) is that closure's constants:
+ *
+ *   (constant, overrides, gates, after_gates, arm_digest, thresholds, split, heads)
+ *
+ * constant: the answer of every unit (draft/paused, concluded) or None; overrides: a dict of
+ * unit id -> answer, or None; gates: (Seeded, low, high, miss) tuples, a unit passing when
+ * low <= digest (< high when high is not None), else answered miss; after_gates: the answer of
+ * every unit past the gates when targeting fails without attributes, or None; then the split:
+ * the arm is bisect_right(thresholds, digest), answered split[arm], its row head heads[arm].
+ * Digests compare as Python compares bytes. Returns (answers, text, new_units): the rows as COPY
+ * text (head, tail, the escaped stored id, newline) and the units they are for, to remember once
+ * the rows are recorded.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    char *data;
+    size_t size, capacity;
+} Buffer;
+
+static int
+buffer_add(Buffer *b, const char *data, size_t size)
+{
+    if (b->size + size > b->capacity) {
+        size_t capacity = b->capacity ? b->capacity : 4096;
+        while (capacity < b->size + size) {
+            capacity *= 2;
+        }
+        char *grown = realloc(b->data, capacity);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->data = grown;
+        b->capacity = capacity;
+    }
+    memcpy(b->data + b->size, data, size);
+    b->size += size;
+    return 0;
+}
+
+/* The stored id as a COPY text value (abkit.core.rows.escape). */
+static int
+buffer_add_escaped(Buffer *b, const char *data, Py_ssize_t size)
+{
+    Py_ssize_t start = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        const char *escaped = NULL;
+        switch (data[i]) {
+        case '\\': escaped = "\\\\"; break;
+        case '\t': escaped = "\\t"; break;
+        case '\n': escaped = "\\n"; break;
+        case '\r': escaped = "\\r"; break;
+        default: continue;
+        }
+        if (buffer_add(b, data + start, (size_t)(i - start)) < 0 || buffer_add(b, escaped, 2) < 0) {
+            return -1;
+        }
+        start = i + 1;
+    }
+    return buffer_add(b, data + start, (size_t)(size - start));
+}
+
+/* a < b as Python orders bytes: the shared prefix, then the shorter first. */
+static int
+digest_below(const unsigned char *a, PyObject *b)
+{
+    Py_ssize_t nb = PyBytes_GET_SIZE(b);
+    Py_ssize_t n = nb < SHA256_DIGEST_LENGTH ? nb : SHA256_DIGEST_LENGTH;
+    int c = memcmp(a, PyBytes_AS_STRING(b), (size_t)n);
+    return c < 0 || (c == 0 && SHA256_DIGEST_LENGTH < nb);
+}
+
+static void
+seeded_digest(PyObject *seeded, const char *data, Py_ssize_t size, unsigned char *out)
+{
+    SHA256_CTX ctx = ((Seeded *)seeded)->prefix;
+    SHA256_Update(&ctx, data, (size_t)size);
+    SHA256_Final(out, &ctx);
+}
+
+static int
+check_plan(PyObject *plan)
+{
+    if (!PyTuple_CheckExact(plan) || PyTuple_GET_SIZE(plan) != 8) {
+        return 0;
+    }
+    PyObject *overrides = PyTuple_GET_ITEM(plan, 1), *gates = PyTuple_GET_ITEM(plan, 2);
+    PyObject *thresholds = PyTuple_GET_ITEM(plan, 5), *split = PyTuple_GET_ITEM(plan, 6);
+    PyObject *heads = PyTuple_GET_ITEM(plan, 7);
+    if ((overrides != Py_None && !PyDict_CheckExact(overrides)) || !PyTuple_CheckExact(gates) ||
+        Py_TYPE(PyTuple_GET_ITEM(plan, 4)) != &SeededType || !PyTuple_CheckExact(thresholds) ||
+        !PyTuple_CheckExact(split) || !PyTuple_CheckExact(heads) ||
+        PyTuple_GET_SIZE(split) != PyTuple_GET_SIZE(thresholds) + 1 ||
+        PyTuple_GET_SIZE(heads) != PyTuple_GET_SIZE(split)) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(thresholds); i++) {
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(thresholds, i))) {
+            return 0;
+        }
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(heads); i++) {
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(heads, i))) {
+            return 0;
+        }
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(gates); i++) {
+        PyObject *gate = PyTuple_GET_ITEM(gates, i);
+        if (!PyTuple_CheckExact(gate) || PyTuple_GET_SIZE(gate) != 4 ||
+            Py_TYPE(PyTuple_GET_ITEM(gate, 0)) != &SeededType ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(gate, 1)) ||
+            (PyTuple_GET_ITEM(gate, 2) != Py_None && !PyBytes_CheckExact(PyTuple_GET_ITEM(gate, 2)))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The answer of one unit (borrowed), and through *arm the split arm, -1 when not split. */
+static PyObject *
+plain_answer(PyObject *plan, PyObject *unit, const char *data, Py_ssize_t size, Py_ssize_t *arm)
+{
+    *arm = -1;
+    PyObject *constant = PyTuple_GET_ITEM(plan, 0), *overrides = PyTuple_GET_ITEM(plan, 1);
+    if (constant != Py_None) {
+        return constant;
+    }
+    if (overrides != Py_None) {
+        PyObject *forced = PyDict_GetItemWithError(overrides, unit);
+        if (forced != NULL || PyErr_Occurred()) {
+            return forced;
+        }
+    }
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    PyObject *gates = PyTuple_GET_ITEM(plan, 2);
+    for (Py_ssize_t g = 0; g < PyTuple_GET_SIZE(gates); g++) {
+        PyObject *gate = PyTuple_GET_ITEM(gates, g), *high = PyTuple_GET_ITEM(gate, 2);
+        seeded_digest(PyTuple_GET_ITEM(gate, 0), data, size, digest);
+        if (digest_below(digest, PyTuple_GET_ITEM(gate, 1)) ||
+            (high != Py_None && !digest_below(digest, high))) {
+            return PyTuple_GET_ITEM(gate, 3);
+        }
+    }
+    if (PyTuple_GET_ITEM(plan, 3) != Py_None) {
+        return PyTuple_GET_ITEM(plan, 3);
+    }
+    PyObject *thresholds = PyTuple_GET_ITEM(plan, 5);
+    seeded_digest(PyTuple_GET_ITEM(plan, 4), data, size, digest);
+    Py_ssize_t k = 0;
+    while (k < PyTuple_GET_SIZE(thresholds) && !digest_below(digest, PyTuple_GET_ITEM(thresholds, k))) {
+        k++;
+    }
+    *arm = k;
+    return PyTuple_GET_ITEM(PyTuple_GET_ITEM(plan, 6), k);
+}
+
+static PyObject *
+assign_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 6 || !PyList_CheckExact(args[0]) || !check_plan(args[1]) ||
+        Py_TYPE(args[2]) != &RecentType || !PyUnicode_Check(args[3]) ||
+        !PyUnicode_Check(args[4]) || (args[5] != Py_None && !PyCallable_Check(args[5]))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "assign_plain takes (units: list, plan: tuple, logged: RecentKeys, "
+                        "experiment_key: str, tail: str, stored_id: callable | None)");
+        return NULL;
+    }
+    PyObject *units = args[0], *plan = args[1], *stored_id = args[5];
+    Recent *logged = (Recent *)args[2];
+    long number = experiment_number(logged, args[3], 0); /* 0: no pair of it remembered */
+    if (number < 0) {
+        return NULL;
+    }
+    Py_ssize_t tail_size;
+    const char *tail = PyUnicode_AsUTF8AndSize(args[4], &tail_size);
+    if (tail == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(units);
+    Buffer text = {NULL, 0, 0};
+    PyObject *answers = PyList_New(n), *new_units = PyList_New(0), *result = NULL;
+    if (answers == NULL || new_units == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *unit = PyList_GET_ITEM(units, i);
+        if (!PyUnicode_CheckExact(unit)) {
+            PyErr_Format(PyExc_TypeError, "unit id must be str, not %.100s", Py_TYPE(unit)->tp_name);
+            goto done;
+        }
+        Py_ssize_t size, arm;
+        const char *data = PyUnicode_AsUTF8AndSize(unit, &size);
+        PyObject *answer = data == NULL ? NULL : plain_answer(plan, unit, data, size, &arm);
+        if (answer == NULL) {
+            goto done;
+        }
+        PyList_SET_ITEM(answers, i, Py_NewRef(answer));
+        if (arm < 0) {
+            continue; /* not randomized: no exposure */
+        }
+        if (number > 0) {
+            uint64_t tag;
+            Py_ssize_t at;
+            find(logged, number, unit, &tag, &at);
+            if (at >= 0) {
+                continue; /* logged recently */
+            }
+        }
+        Py_ssize_t head_size, id_size;
+        const char *head = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(PyTuple_GET_ITEM(plan, 7), arm),
+                                                   &head_size);
+        if (head == NULL || buffer_add(&text, head, (size_t)head_size) < 0 ||
+            buffer_add(&text, tail, (size_t)tail_size) < 0) {
+            goto done;
+        }
+        if (stored_id == Py_None) {
+            if (buffer_add_escaped(&text, data, size) < 0) {
+                goto done;
+            }
+        }
+        else {
+            PyObject *stored = PyObject_CallOneArg(stored_id, unit);
+            if (stored == NULL) {
+                goto done;
+            }
+            const char *id = PyUnicode_Check(stored) ? PyUnicode_AsUTF8AndSize(stored, &id_size)
+                                                     : NULL;
+            if (id == NULL && !PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "stored_id must return a str");
+            }
+            int failed = id == NULL || buffer_add_escaped(&text, id, id_size) < 0;
+            Py_DECREF(stored);
+            if (failed) {
+                goto done;
+            }
+        }
+        if (buffer_add(&text, "\n", 1) < 0 || PyList_Append(new_units, unit) < 0) {
+            goto done;
+        }
+    }
+    PyObject *decoded = PyUnicode_DecodeUTF8(text.data ? text.data : "", (Py_ssize_t)text.size,
+                                             "strict");
+    if (decoded != NULL) {
+        result = PyTuple_Pack(3, answers, decoded, new_units);
+        Py_DECREF(decoded);
+    }
+done:
+    free(text.data);
+    Py_XDECREF(answers);
+    Py_XDECREF(new_units);
+    return result;
+}
+
+static PyMethodDef speedups_functions[] = {
+    {"read_plain_batch", (PyCFunction)(void (*)(void))read_plain_batch, METH_FASTCALL,
+     "read_plain_batch(data, max_unit_bytes): (unit ids, experiment keys) of a plain\n"
+     "AssignBatchRequest, or None."},
+    {"assign_plain", (PyCFunction)(void (*)(void))assign_plain, METH_FASTCALL,
+     "assign_plain(units, plan, logged, experiment_key, tail, stored_id):\n"
+     "(answers, rows text, units of the rows)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "abkit.core._speedups",
     .m_doc = "The assignment hot path in C: seeded SHA-256 digests (abkit.core.hashing), the memory\n"
              "of logged exposures (abkit.core.recent), the common-case request check\n"
-             "(abkit.core.limits).",
+             "(abkit.core.limits), plain AssignBatch requests (abkit.core.plain).",
     .m_size = -1,
+    .m_methods = speedups_functions,
 };
 
 PyMODINIT_FUNC

@@ -1,7 +1,7 @@
-"""Types of the C extension abkit/core/_speedups.c (abkit.core.hashing, recent, limits)."""
+"""Types of the C extension abkit/core/_speedups.c (abkit.core.hashing, recent, limits, plain)."""
 
-from collections.abc import Iterable
-from typing import final
+from collections.abc import Callable, Iterable
+from typing import Any, final
 
 @final
 class Seeded:
@@ -34,3 +34,19 @@ class PlainRequests:
         int_exact: int,
     ) -> None: ...
     def __call__(self, unit_id: object, attributes: object, /) -> bool: ...
+
+def read_plain_batch(
+    data: bytes, max_unit_bytes: int, /
+) -> tuple[list[str], tuple[str, ...]] | None:
+    """The unit ids and shared keys of a plain serialized ``AssignBatchRequest``, or None."""
+
+def assign_plain(
+    units: list[str],
+    plan: tuple[Any, ...],
+    logged: RecentKeys,
+    experiment_key: str,
+    tail: str,
+    stored_id: Callable[[str], str] | None,
+    /,
+) -> tuple[list[Any], str, list[str]]:
+    """Every unit's answer from the plan, the exposure rows not in ``logged``, their units."""

@@ -91,9 +91,11 @@ class CompiledExperiment:
     needs is a local of the closure rather than an attribute looked up on each call.
     """
 
-    __slots__ = ("assign", "checksum", "control", "experiment", "key")
+    __slots__ = ("assign", "checksum", "control", "experiment", "key", "plain")
 
     assign: Callable[[str, Attributes], Assignment]
+    plain: PlainPlan
+    """The same answers for units without attributes, as constants (:mod:`abkit.core.plain`)."""
 
     def __init__(self, experiment: Experiment) -> None:
         self.experiment = experiment
@@ -117,7 +119,7 @@ class CompiledExperiment:
         layer, holdout = experiment.layer, experiment.holdout
         held = holdout if holdout is not None and holdout.fraction > 0 else None
         covered = experiment.coverage >= 1.0
-        self.assign = _assign_function(
+        constants = _Constants(
             not_running=experiment.status in (ExperimentStatus.DRAFT, ExperimentStatus.PAUSED),
             control=self.control,
             rollout=rollout,
@@ -138,27 +140,89 @@ class CompiledExperiment:
             split=split,
             miss=miss,
         )
+        self.assign = _assign_function(constants)
+        self.plain = _plain_plan(constants)
 
 
-def _assign_function(
-    *,
-    not_running: bool,
-    control: Assignment,
-    rollout: Assignment | None,
-    overrides: dict[str, Assignment],
-    holdout: bytes | None,
-    holdout_digest: Digest | None,
-    layer_digest: Digest | None,
-    layer_start: bytes,
-    layer_end: bytes,
-    coverage: bytes | None,
-    coverage_digest: Digest | None,
-    targeting: Callable[[Attributes], bool] | None,
-    arm_digest: Digest,
-    thresholds: tuple[bytes, ...],
-    split: tuple[Assignment, ...],
-    miss: dict[Reason, Assignment],
-) -> Callable[[str, Attributes], Assignment]:
+@dataclass(frozen=True, slots=True)
+class _Constants:
+    """What an experiment's answers depend on besides the unit, computed once per experiment."""
+
+    not_running: bool
+    control: Assignment
+    rollout: Assignment | None
+    overrides: dict[str, Assignment]
+    holdout: bytes | None
+    holdout_digest: Digest | None
+    layer_digest: Digest | None
+    layer_start: bytes
+    layer_end: bytes
+    coverage: bytes | None
+    coverage_digest: Digest | None
+    targeting: Callable[[Attributes], bool] | None
+    arm_digest: Digest
+    thresholds: tuple[bytes, ...]
+    split: tuple[Assignment, ...]
+    miss: dict[Reason, Assignment]
+
+
+PlainPlan = tuple[
+    Assignment | None,
+    dict[str, Assignment] | None,
+    tuple[tuple[Digest, bytes, bytes | None, Assignment], ...],
+    Assignment | None,
+    Digest,
+    tuple[bytes, ...],
+    tuple[Assignment, ...],
+    tuple[str, ...],
+]
+"""``(constant, overrides, gates, after_gates, arm_digest, thresholds, split, heads)``: see
+:func:`_plain_plan`."""
+
+
+def _plain_plan(c: _Constants) -> PlainPlan:
+    """The answers of :func:`_assign_function` for a unit without attributes, as data that
+    :func:`abkit.core.plain.assign_plain` walks without calling back into Python.
+
+    Without attributes, targeting gives the same result for every unit, so every step but the
+    override and the digests is a constant: ``constant`` answers every unit (draft or paused:
+    control; concluded: the rollout arm, or the targeting miss); ``gates`` are holdout, layer and
+    coverage in that order, each ``(digest, low, high, miss)``: a unit passes when
+    ``low <= digest`` and, when ``high`` is given, ``digest < high``; ``after_gates`` answers a
+    unit past them when targeting fails; else the split, with each arm's exposure row head.
+    """
+    targeted = c.targeting is None or c.targeting(_NO_ATTRIBUTES)
+    constant = None
+    if c.not_running:
+        constant = c.control
+    elif c.rollout is not None:
+        constant = c.rollout if targeted else c.miss[Reason.TARGETING_MISS]
+    gates: list[tuple[Digest, bytes, bytes | None, Assignment]] = []
+    if c.holdout_digest is not None:
+        assert c.holdout is not None
+        gates.append((c.holdout_digest, c.holdout, None, c.miss[Reason.HOLDOUT]))
+    if c.layer_digest is not None:
+        gates.append((c.layer_digest, c.layer_start, c.layer_end, c.miss[Reason.NOT_IN_LAYER]))
+    if c.coverage_digest is not None:
+        gates.append((c.coverage_digest, b"", c.coverage, c.miss[Reason.NOT_IN_COVERAGE]))
+    return (
+        constant,
+        c.overrides or None,
+        tuple(gates),
+        None if targeted else c.miss[Reason.TARGETING_MISS],
+        c.arm_digest,
+        c.thresholds,
+        c.split,
+        tuple(a.row_head for a in c.split),
+    )
+
+
+def _assign_function(c: _Constants) -> Callable[[str, Attributes], Assignment]:
+    not_running, control, rollout, overrides = c.not_running, c.control, c.rollout, c.overrides
+    holdout, holdout_digest = c.holdout, c.holdout_digest
+    layer_digest, layer_start, layer_end = c.layer_digest, c.layer_start, c.layer_end
+    coverage, coverage_digest, targeting = c.coverage, c.coverage_digest, c.targeting
+    arm_digest, thresholds, split, miss = c.arm_digest, c.thresholds, c.split, c.miss
     holdout_miss = miss[Reason.HOLDOUT]
     layer_miss = miss[Reason.NOT_IN_LAYER]
     coverage_miss = miss[Reason.NOT_IN_COVERAGE]

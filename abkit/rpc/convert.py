@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from abkit.core.assignment import Assignment
 from abkit.core.limits import MAX_BATCH
 from abkit.core.model import Event, Reason
@@ -144,6 +146,26 @@ class ResponseCache:
             else:
                 parts.append(self._entry(answers)[1])
         return b"".join(parts)
+
+    def columns_response(self, columns: list[list[Assignment]]) -> bytes:
+        """:meth:`batch_response` for answers given per experiment (``columns[e][u]``, from
+        :meth:`~abkit.services.assignment.AssignmentService.start_assign_plain`)."""
+        if len(columns) != 1:
+            return self.batch_response([list(answers) for answers in zip(*columns, strict=True)])
+        answers = columns[0]
+        # A few distinct answers among many units: each one's framed entry once, then C loops.
+        distinct = dict(zip(map(id, answers), answers, strict=True))
+        framed = {i: self._entry([a])[1] for i, a in distinct.items()}
+        return b"".join(map(framed.__getitem__, map(id, answers)))
+
+
+def assign_batch_request(data: bytes) -> Any:
+    """An ``AssignBatchRequest`` from its wire bytes; a body protobuf cannot read is the caller's
+    error (INVALID_ARGUMENT), not the server's."""
+    try:
+        return pb.AssignBatchRequest.FromString(data)
+    except DecodeError as exc:
+        raise ValidationError("request", f"is not a valid AssignBatchRequest: {exc}") from None
 
 
 def wire(message: Any) -> bytes:

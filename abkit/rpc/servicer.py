@@ -17,6 +17,7 @@ from typing import Any, TypeAlias
 import grpc
 from opentelemetry.trace import Tracer
 
+from abkit.core.plain import read_plain_batch
 from abkit.infra.instruments import RpcMetrics
 from abkit.rpc import convert
 from abkit.rpc.config_feed import ConfigFeed
@@ -76,6 +77,17 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
 
     @rpc
     async def AssignBatch(self, request: Any, context: Context, trace: TraceRef) -> Any:
+        # Registered without a deserializer: a plain batch (every unit an id without attributes,
+        # the same keys) is read from its bytes and answered without a message per unit.
+        if type(request) is bytes:
+            plain = read_plain_batch(request)
+            if plain is not None:
+                columns, pending = self._service.start_assign_plain(*plain, trace)
+                await self._settle(pending)
+                if self.metrics is not None:
+                    self.metrics.count_assignments(columns)
+                return self._responses.columns_response(columns)
+            request = convert.assign_batch_request(request)
         units = convert.unit_requests_from_proto(request.requests)
         results, pending = self._service.start_assign_batch(units, trace)
         await self._settle(pending)
@@ -118,14 +130,16 @@ def add_to_server(servicer: AssignmentServicer, server: grpc.aio.Server) -> None
     :func:`~abkit.rpc.convert.wire` as every response serializer."""
     methods: dict[str, tuple[Callable[..., Any], Any]] = {
         "Assign": (servicer.Assign, pb.AssignRequest),
-        "AssignBatch": (servicer.AssignBatch, pb.AssignBatchRequest),
+        "AssignBatch": (servicer.AssignBatch, None),  # bytes: AssignBatch reads them
         "Track": (servicer.Track, pb.TrackRequest),
         "TrackBatch": (servicer.TrackBatch, pb.TrackBatchRequest),
         "LogExposures": (servicer.LogExposures, pb.LogExposuresRequest),
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            method, request_deserializer=request.FromString, response_serializer=convert.wire
+            method,
+            request_deserializer=None if request is None else request.FromString,
+            response_serializer=convert.wire,
         )
         for name, (method, request) in methods.items()
     }

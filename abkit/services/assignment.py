@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from itertools import repeat
 from typing import NamedTuple
 
 from abkit.core.assignment import Assignment, Catalog, CompiledExperiment
@@ -31,6 +32,7 @@ from abkit.core.limits import (
     plain_request,
 )
 from abkit.core.model import Event, check_key
+from abkit.core.plain import assign_plain
 from abkit.core.recent import recent_keys
 from abkit.core.rows import encode_events, escape, exposure_head, row_tail
 from abkit.core.targeting import AttributeValue
@@ -182,6 +184,43 @@ class AssignmentService:
         for i, request in enumerate(requests):
             _check_request(request, i)
         return self._assign_checked(requests, trace, batched=True)
+
+    def start_assign_plain(
+        self, units: list[str], keys: tuple[str, ...], trace: TraceRef = NO_TRACE
+    ) -> tuple[list[list[Assignment]], Pending | None]:
+        """:meth:`start_assign_batch` for a plain batch (:func:`abkit.core.plain.read_plain_batch`:
+        unit ids already checked, no attributes, the same ``keys`` for every unit), answered one
+        experiment at a time: the answers come back per experiment (``columns[e][u]``), not per
+        unit. Same answers, same rows, same errors."""
+        check_batch(len(units), "requests")
+        if len(keys) > MAX_EXPERIMENT_KEYS:
+            raise ValidationError(
+                "requests[0].experiment_keys",
+                f"at most {MAX_EXPERIMENT_KEYS} keys, got {len(keys)}",
+            )
+        experiments = _resolve(
+            self._config.catalog, [UnitRequest(units[0], {}, keys)], batched=True
+        )
+        tail = row_tail(self._clock.now(), trace.trace_id, trace.span_id)
+        stored_id = None if self._stored_id is _identity else self._stored_id
+        logged = self._logged
+        columns: list[list[Assignment]] = []
+        texts: list[str] = []
+        new: list[tuple[str, list[str]]] = []
+        for experiment in experiments[0]:
+            answers, text, rows = assign_plain(units, experiment, logged, tail, stored_id)
+            columns.append(answers)
+            if rows:
+                texts.append(text)
+                new.append((experiment.key, rows))
+        pending = None
+        if new:
+            pending = self._record_exposures(
+                "".join(texts), sum(len(rows) for _, rows in new), sync=self._sync
+            )
+            for key, rows in new:
+                logged.update(zip(repeat(key), rows))
+        return columns, pending
 
     def _assign_checked(
         self, requests: Sequence[UnitRequest], trace: TraceRef, *, batched: bool

@@ -131,6 +131,34 @@ def test_assign_batch_never_fails_internally(
         assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def _mutations(data: bytes, cut: int | None, flips: list[tuple[int, int]]) -> bytes:
+    out = bytearray(data if cut is None else data[:cut])
+    for at, byte in flips:
+        if out:
+            out[at % len(out)] = byte
+    return bytes(out)
+
+
+@FUZZ
+@given(
+    requests=st.lists(assign_requests, max_size=4),
+    cut=st.none() | st.integers(0, 60),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3),
+)
+@example(requests=[pb.AssignRequest(unit_id="u")], cut=None, flips=[(1, 0xFF)])
+def test_assign_batch_bytes_never_fail_internally(
+    served: Served, requests: list[Any], cut: int | None, flips: list[tuple[int, int]]
+) -> None:
+    """Truncated and corrupted bodies: the wire-bytes reader (abkit.core.plain) falls back to
+    protobuf, which accepts or refuses them; never INTERNAL or UNKNOWN."""
+    data = pb.AssignBatchRequest(requests=requests).SerializeToString()
+    raw = served.channel.unary_unary("/abkit.v1.AssignmentService/AssignBatch")
+    try:
+        raw(_mutations(data, cut, flips), timeout=10)
+    except grpc.RpcError as exc:
+        assert exc.code() in ACCEPTABLE, f"AssignBatch answered {exc.code()}: {exc.details()}"
+
+
 def track_request(
     unit: str, metric: str, value: float | None, seconds: int, nanos: int, event_id: str
 ) -> Any:

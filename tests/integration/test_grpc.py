@@ -18,9 +18,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from abkit.config import Settings
+from abkit.core.limits import MAX_BATCH
 from abkit.core.spec import experiment_from_dict
 from abkit.infra.telemetry import Telemetry
 from abkit.rpc.server import GrpcServer, build_server
+from abkit.rpc.tracing import SERVICE
 from abkit.runtime import Runtime
 from abkit.store.sql import SqlStore
 from abkit.v1 import assignment_pb2 as pb
@@ -142,6 +144,108 @@ def test_assign_batch_answers_in_order(harness: Harness) -> None:
     assert harness.runtime.flush(5)
     with harness.runtime.store.transaction() as tx:
         assert sum(tx.exposures.counts("ranker-v2").values()) == 300
+
+
+def _serve_new_experiment(harness: Harness, spec: dict[str, object]) -> None:
+    harness.runtime.experiments.apply(experiment_from_dict(spec), actor="test", start=True)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            harness.stub.Assign(pb.AssignRequest(unit_id="probe", experiment_keys=[spec["key"]]))
+            return
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            time.sleep(0.05)
+    pytest.fail(f"{spec['key']} was not served within 5 s")
+
+
+PLAIN = {
+    **EXPERIMENT,
+    "key": "plain-v1",
+    "model": "plain",
+    "targeting": None,
+    "coverage": 0.7,
+    "holdout": {"key": "global", "fraction": 0.1},
+    "overrides": {"p7": "treatment"},
+}
+
+
+def test_a_plain_batch_answers_and_stores_what_the_general_path_does(harness: Harness) -> None:
+    """Units without attributes take the wire-bytes path (abkit.core.plain); the same units with
+    an attribute take the per-message one. Same answers; the rows stored are those of the
+    randomized units, with the caller's trace."""
+    _serve_new_experiment(harness, PLAIN)
+    keys = ["plain-v1", "ranker-v2"]
+    units = [f"p{i}" for i in range(400)]
+    plain = pb.AssignBatchRequest(
+        requests=[pb.AssignRequest(unit_id=u, experiment_keys=keys) for u in units]
+    )
+    general = pb.AssignBatchRequest(
+        requests=[
+            pb.AssignRequest(
+                unit_id=u,
+                experiment_keys=keys,
+                attributes={"app": pb.AttributeValue(string_value="web")},
+            )
+            for u in units
+        ]
+    )
+    tracer = TracerProvider().get_tracer("caller")
+    with tracer.start_as_current_span("caller") as span:
+        metadata: dict[str, str] = {}
+        inject(metadata)
+        reply = harness.stub.AssignBatch(plain, metadata=tuple(metadata.items()), timeout=10)
+    assert reply == harness.stub.AssignBatch(general, timeout=10)
+    answers = [r.assignments[0] for r in reply.responses]
+    assert [r.assignments[1].reason for r in reply.responses] == [pb.REASON_TARGETING_MISS] * 400
+    reasons = {a.reason for a in answers}
+    assert reasons == {
+        pb.REASON_SPLIT,
+        pb.REASON_HOLDOUT,
+        pb.REASON_NOT_IN_COVERAGE,
+        pb.REASON_OVERRIDE,
+    }
+    assert harness.runtime.flush(5)
+    trace_id = f"{span.get_span_context().trace_id:032x}"
+    with harness.runtime.store.transaction() as tx:
+        for unit, answer in zip(units, answers, strict=True):
+            stored = tx.exposures.get("plain-v1", unit)
+            if answer.reason != pb.REASON_SPLIT:
+                assert stored is None
+                continue
+            assert stored is not None
+            assert (stored.arm_key, stored.model_version) == (answer.arm_key, answer.model_version)
+            assert stored.trace_id == trace_id
+        split = sum(a.reason == pb.REASON_SPLIT for a in answers)
+        probe = tx.exposures.get("plain-v1", "probe") is not None  # _serve_new_experiment's
+        assert sum(tx.exposures.counts("plain-v1").values()) == split + probe
+
+
+def test_a_plain_batch_with_an_unknown_or_bad_key_or_too_many_units_is_refused(
+    harness: Harness,
+) -> None:
+    def batch(keys: list[str], n: int = 3) -> pb.AssignBatchRequest:
+        return pb.AssignBatchRequest(
+            requests=[pb.AssignRequest(unit_id=f"b{i}", experiment_keys=keys) for i in range(n)]
+        )
+
+    code, details = _code(lambda: harness.stub.AssignBatch(batch(["nope"]), timeout=5))
+    assert code == grpc.StatusCode.NOT_FOUND and "'nope'" in details
+    code, details = _code(lambda: harness.stub.AssignBatch(batch(["Not A Key"]), timeout=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("requests[0].experiment_keys[0]")
+    code, details = _code(lambda: harness.stub.AssignBatch(batch([], MAX_BATCH + 1), timeout=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("requests")
+    code, details = _code(lambda: harness.stub.AssignBatch(batch(["ranker-v2"] * 101), timeout=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("requests[0].experiment_keys")
+    raw = harness.channel.unary_unary(f"/{SERVICE}/AssignBatch")
+    code, details = _code(lambda: raw(b"\x0a\xff\xff", timeout=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("request: is not a valid AssignBatchRequest")
+    assert harness.runtime.flush(5)
+    with harness.runtime.store.transaction() as tx:
+        assert tx.exposures.get("ranker-v2", "b0") is None
 
 
 def test_track_stores_events_with_trace_ids(harness: Harness) -> None:
