@@ -5,8 +5,8 @@
  * - Seeded: the seeded SHA-256 digests of abkit.core.hashing;
  * - RecentKeys: the memory of logged exposures of abkit.core.recent;
  * - PlainRequests: the common-case check of a unit id and its attributes of abkit.core.limits;
- * - read_plain_batch and assign_plain: an AssignBatch of plain units, from its wire bytes to its
- *   answers and exposure rows, of abkit.core.plain.
+ * - read_plain_unit, read_plain_batch and assign_plain: Assign and AssignBatch calls of plain
+ *   units, from their wire bytes to the answers and exposure rows, of abkit.core.plain.
  *
  * Each is held equal to its Python twin by tests (hash vectors, property tests). All of it is
  * pure: no I/O, no clock, no environment, like the rest of abkit/core.
@@ -576,15 +576,17 @@ static PyTypeObject PlainType = {
 };
 
 /* ---------------------------------------------------------------------------------------------
- * Plain batches: an AssignBatch request whose units are all the common case -- a printable-ASCII
- * unit id, no attributes, the same experiment keys -- read from its wire bytes, assigned and
- * encoded without a Python object per unit beyond the unit's str and its answer. The pure-Python
+ * Plain calls: an Assign request, or an AssignBatch request whose units all are, in the common
+ * case -- a printable-ASCII unit id, no attributes, the same experiment keys -- read from its
+ * wire bytes, assigned and encoded without a Python object per unit beyond the unit's str and
+ * its answer. The pure-Python
  * twins are abkit/core/plain.py (read: None, i.e. "take the protobuf path"; assign: the
  * compiled experiment's own closure), and property tests hold the two equal.
  *
- * read_plain_batch(data, max_unit_bytes): the protobuf wire format (protobuf.dev, "Encoding")
- * of AssignBatchRequest { repeated AssignRequest requests = 1; } with AssignRequest
- * { string unit_id = 1; map<...> attributes = 2; repeated string experiment_keys = 3; }.
+ * read_plain_unit and read_plain_batch(data, max_unit_bytes): the protobuf wire format
+ * (protobuf.dev, "Encoding") of AssignRequest { string unit_id = 1; map<...> attributes = 2;
+ * repeated string experiment_keys = 3; } and of AssignBatchRequest { repeated AssignRequest
+ * requests = 1; }.
  * Anything else -- an attribute, an unknown or repeated field, a unit id that is not plain, keys
  * that differ between units, invalid UTF-8, no units -- returns None: the caller parses the
  * request with protobuf and checks it unit by unit, which accepts it or names the problem.
@@ -672,17 +674,85 @@ plain_unit(Span unit, Py_ssize_t limit)
     return 1;
 }
 
+/* The keys as a tuple of str, or NULL: with an error set, or without one when a key is not
+ * UTF-8 (protobuf rejects the request, with its own message). */
+static PyObject *
+key_tuple(const Span *keys, Py_ssize_t n)
+{
+    PyObject *tuple = PyTuple_New(n);
+    if (tuple == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *key = PyUnicode_DecodeUTF8((const char *)keys[k].data, keys[k].size, "strict");
+        if (key == NULL) {
+            Py_DECREF(tuple);
+            if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                PyErr_Clear();
+            }
+            return NULL;
+        }
+        PyTuple_SET_ITEM(tuple, k, key);
+    }
+    return tuple;
+}
+
+static PyObject *
+ascii_str(Span text)
+{
+    PyObject *out = PyUnicode_New(text.size, 127);
+    if (out != NULL) {
+        memcpy(PyUnicode_1BYTE_DATA(out), text.data, (size_t)text.size);
+    }
+    return out;
+}
+
+static int
+read_arguments(PyObject *const *args, Py_ssize_t nargs, const char *name, Py_ssize_t *limit)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0]) || (*limit = PyLong_AsSsize_t(args[1])) < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_TypeError, "%s takes the request's bytes and max_unit_bytes", name);
+        }
+        return 0;
+    }
+    return 1;
+}
+
+/* read_plain_unit(data, max_unit_bytes): (unit id, keys) of a plain AssignRequest, or None. */
+static PyObject *
+read_plain_unit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    Py_ssize_t limit, n_keys;
+    if (!read_arguments(args, nargs, "read_plain_unit", &limit)) {
+        return NULL;
+    }
+    Span message = {(const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0])};
+    Span unit, keys[MAX_PLAIN_KEYS];
+    if (!read_unit(message, &unit, keys, &n_keys) || !plain_unit(unit, limit)) {
+        Py_RETURN_NONE;
+    }
+    PyObject *key_list = key_tuple(keys, n_keys);
+    if (key_list == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    PyObject *unit_id = ascii_str(unit);
+    PyObject *result = unit_id == NULL ? NULL : PyTuple_Pack(2, unit_id, key_list);
+    Py_XDECREF(unit_id);
+    Py_DECREF(key_list);
+    return result;
+}
+
 static PyObject *
 read_plain_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
     Py_ssize_t limit;
-    if (nargs != 2 || !PyBytes_Check(args[0]) ||
-        (limit = PyLong_AsSsize_t(args[1])) < 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError,
-                            "read_plain_batch takes the request's bytes and max_unit_bytes");
-        }
+    if (!read_arguments(args, nargs, "read_plain_batch", &limit)) {
         return NULL;
     }
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
@@ -715,11 +785,10 @@ read_plain_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 }
             }
         }
-        PyObject *text = PyUnicode_New(unit.size, 127);
+        PyObject *text = ascii_str(unit);
         if (text == NULL) {
             goto error;
         }
-        memcpy(PyUnicode_1BYTE_DATA(text), unit.data, (size_t)unit.size);
         int failed = PyList_Append(units, text);
         Py_DECREF(text);
         if (failed) {
@@ -729,26 +798,16 @@ read_plain_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (n_first < 0) {
         goto not_plain; /* no units: the full path names the problem */
     }
-    PyObject *key_tuple = PyTuple_New(n_first);
-    if (key_tuple == NULL) {
-        goto error;
-    }
-    for (Py_ssize_t k = 0; k < n_first; k++) {
-        PyObject *key = PyUnicode_DecodeUTF8((const char *)first_keys[k].data, first_keys[k].size,
-                                             "strict");
-        if (key == NULL) {
-            Py_DECREF(key_tuple);
-            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
-                goto error;
-            }
-            PyErr_Clear(); /* protobuf rejects it, with its own message */
-            goto not_plain;
+    PyObject *keys_read = key_tuple(first_keys, n_first);
+    if (keys_read == NULL) {
+        if (PyErr_Occurred()) {
+            goto error;
         }
-        PyTuple_SET_ITEM(key_tuple, k, key);
+        goto not_plain;
     }
-    PyObject *result = PyTuple_Pack(2, units, key_tuple);
+    PyObject *result = PyTuple_Pack(2, units, keys_read);
     Py_DECREF(units);
-    Py_DECREF(key_tuple);
+    Py_DECREF(keys_read);
     return result;
 not_plain:
     Py_DECREF(units);
@@ -1018,6 +1077,9 @@ done:
 }
 
 static PyMethodDef speedups_functions[] = {
+    {"read_plain_unit", (PyCFunction)(void (*)(void))read_plain_unit, METH_FASTCALL,
+     "read_plain_unit(data, max_unit_bytes): (unit id, experiment keys) of a plain\n"
+     "AssignRequest, or None."},
     {"read_plain_batch", (PyCFunction)(void (*)(void))read_plain_batch, METH_FASTCALL,
      "read_plain_batch(data, max_unit_bytes): (unit ids, experiment keys) of a plain\n"
      "AssignBatchRequest, or None."},

@@ -35,6 +35,9 @@ class PlainRequests:
     ) -> None: ...
     def __call__(self, unit_id: object, attributes: object, /) -> bool: ...
 
+def read_plain_unit(data: bytes, max_unit_bytes: int, /) -> tuple[str, tuple[str, ...]] | None:
+    """The unit id and keys of a plain serialized ``AssignRequest``, or None."""
+
 def read_plain_batch(
     data: bytes, max_unit_bytes: int, /
 ) -> tuple[list[str], tuple[str, ...]] | None:

@@ -1,16 +1,17 @@
-"""Plain batches: ``AssignBatch`` calls whose units are all the common case.
+"""Plain calls: ``Assign`` and ``AssignBatch`` calls whose units are all the common case.
 
 Most batches a serving tier sends are a list of unit ids for one experiment (or one list of
-experiments), without attributes. For those, the per-unit work of the general path -- a protobuf
-message per unit, a request tuple, the checks, a call of the experiment's closure, a row string
--- costs more than the assignment itself (BENCHMARKS.md, the gRPC profile). Here the same
-answers and rows come in two steps, each in C (``abkit/core/_speedups.c``) when it is built:
+experiments), without attributes; most single calls are one such unit. For those, the per-unit
+work of the general path -- a protobuf message per unit, a request tuple, the checks, a call of
+the experiment's closure, a row string -- costs more than the assignment itself (BENCHMARKS.md,
+the gRPC profile). Here the same answers and rows come in two steps, each in C
+(``abkit/core/_speedups.c``) when it is built:
 
-* :func:`read_plain_batch` reads the unit ids and the shared keys straight from the request's
-  wire bytes -- or says ``None`` (an attribute anywhere, keys that differ between units, a unit
-  id that is not printable ASCII of an acceptable length, anything unexpected): the caller then
-  takes the general path, which accepts the request or names its problem. Without the extension
-  it always says ``None``.
+* :func:`read_plain_batch` (:func:`read_plain_unit` for ``Assign``) reads the unit ids and the
+  shared keys straight from the request's wire bytes -- or says ``None`` (an attribute
+  anywhere, keys that differ between units, a unit id that is not printable ASCII of an
+  acceptable length, anything unexpected): the caller then takes the general path, which
+  accepts the request or names its problem. Without the extension it always says ``None``.
 * :func:`assign_plain` answers every unit for one experiment from its
   :attr:`~abkit.core.assignment.CompiledExperiment.plain` plan and encodes the exposure rows of
   those randomized and not logged recently. :func:`assign_plain_python` is the reference: the
@@ -34,6 +35,14 @@ _NO_ATTRIBUTES: dict[str, str] = {}
 PlainAnswers = tuple[list[Assignment], str, list[str]]
 """``(answers, rows, units)``: every unit's answer in order, the exposure rows (COPY text), and
 the units those rows are for (to remember once the rows are recorded)."""
+
+
+def read_plain_unit(data: bytes) -> tuple[str, tuple[str, ...]] | None:
+    """The unit id and experiment keys of this serialized ``AssignRequest`` when it is plain;
+    else ``None``."""
+    if speedups is None:  # pragma: no cover -- the test suite requires the native build
+        return None
+    return speedups.read_plain_unit(data, MAX_UNIT_ID_BYTES)
 
 
 def read_plain_batch(data: bytes) -> tuple[list[str], tuple[str, ...]] | None:

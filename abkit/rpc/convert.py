@@ -159,13 +159,22 @@ class ResponseCache:
         return b"".join(map(framed.__getitem__, map(id, answers)))
 
 
-def assign_batch_request(data: bytes) -> Any:
-    """An ``AssignBatchRequest`` from its wire bytes; a body protobuf cannot read is the caller's
-    error (INVALID_ARGUMENT), not the server's."""
+def _parsed(message: Any, data: bytes) -> Any:
+    """A request message from its wire bytes; a body protobuf cannot read is the caller's error
+    (INVALID_ARGUMENT), not the server's."""
     try:
-        return pb.AssignBatchRequest.FromString(data)
+        return message.FromString(data)
     except DecodeError as exc:
-        raise ValidationError("request", f"is not a valid AssignBatchRequest: {exc}") from None
+        name = message.DESCRIPTOR.name
+        raise ValidationError("request", f"is not a valid {name}: {exc}") from None
+
+
+def assign_request(data: bytes) -> Any:
+    return _parsed(pb.AssignRequest, data)
+
+
+def assign_batch_request(data: bytes) -> Any:
+    return _parsed(pb.AssignBatchRequest, data)
 
 
 def wire(message: Any) -> bytes:

@@ -3,7 +3,9 @@
 The server is ``grpc.aio`` (:mod:`abkit.rpc.server`). Each method is wrapped by
 :func:`abkit.rpc.tracing.rpc`: a span, the duration metric, and the
 translation of :class:`~abkit.errors.AbkitError` into gRPC status codes. ``Assign`` and
-``AssignBatch`` answer with already-serialized bytes (:class:`~abkit.rpc.convert.ResponseCache`),
+``AssignBatch`` take their request's bytes -- a plain one (unit ids without attributes,
+:mod:`abkit.core.plain`) is read without building a message per unit, any other is parsed by
+protobuf -- and answer with already-serialized bytes (:class:`~abkit.rpc.convert.ResponseCache`),
 so the service is registered by :func:`add_to_server`, whose serializers pass bytes through.
 """
 
@@ -17,7 +19,7 @@ from typing import Any, TypeAlias
 import grpc
 from opentelemetry.trace import Tracer
 
-from abkit.core.plain import read_plain_batch
+from abkit.core.plain import read_plain_batch, read_plain_unit
 from abkit.infra.instruments import RpcMetrics
 from abkit.rpc import convert
 from abkit.rpc.config_feed import ConfigFeed
@@ -66,6 +68,18 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
 
     @rpc
     async def Assign(self, request: Any, context: Context, trace: TraceRef) -> Any:
+        # Registered without a deserializer, as AssignBatch: a plain unit skips the message.
+        if type(request) is bytes:
+            plain = read_plain_unit(request)
+            if plain is not None:
+                columns, pending = self._service.start_assign_plain(
+                    [plain[0]], plain[1], trace, batched=False
+                )
+                await self._settle(pending)
+                if self.metrics is not None:
+                    self.metrics.count_assignments(columns)
+                return self._responses.response([answers[0] for answers in columns])
+            request = convert.assign_request(request)
         unit = convert.unit_request_from_proto(request)
         assignments, pending = self._service.start_assign(
             unit.unit_id, unit.attributes, unit.experiment_keys, trace
@@ -129,7 +143,7 @@ def add_to_server(servicer: AssignmentServicer, server: grpc.aio.Server) -> None
     """Register the service as the generated ``add_..._to_server`` would, with
     :func:`~abkit.rpc.convert.wire` as every response serializer."""
     methods: dict[str, tuple[Callable[..., Any], Any]] = {
-        "Assign": (servicer.Assign, pb.AssignRequest),
+        "Assign": (servicer.Assign, None),  # bytes: Assign reads them
         "AssignBatch": (servicer.AssignBatch, None),  # bytes: AssignBatch reads them
         "Track": (servicer.Track, pb.TrackRequest),
         "TrackBatch": (servicer.TrackBatch, pb.TrackBatchRequest),

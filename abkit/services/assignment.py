@@ -186,21 +186,27 @@ class AssignmentService:
         return self._assign_checked(requests, trace, batched=True)
 
     def start_assign_plain(
-        self, units: list[str], keys: tuple[str, ...], trace: TraceRef = NO_TRACE
+        self,
+        units: list[str],
+        keys: tuple[str, ...],
+        trace: TraceRef = NO_TRACE,
+        *,
+        batched: bool = True,
     ) -> tuple[list[list[Assignment]], Pending | None]:
         """:meth:`start_assign_batch` for a plain batch (:func:`abkit.core.plain.read_plain_batch`:
         unit ids already checked, no attributes, the same ``keys`` for every unit), answered one
         experiment at a time: the answers come back per experiment (``columns[e][u]``), not per
-        unit. Same answers, same rows, same errors."""
-        check_batch(len(units), "requests")
+        unit. Same answers, same rows, same errors (named as :meth:`start_assign`'s when not
+        ``batched``)."""
+        if batched:
+            check_batch(len(units), "requests")
         if len(keys) > MAX_EXPERIMENT_KEYS:
             raise ValidationError(
-                "requests[0].experiment_keys",
+                _field(0 if batched else None, "experiment_keys"),
                 f"at most {MAX_EXPERIMENT_KEYS} keys, got {len(keys)}",
             )
-        experiments = _resolve(
-            self._config.catalog, [UnitRequest(units[0], {}, keys)], batched=True
-        )
+        request = UnitRequest(units[0], {}, keys)
+        experiments = _resolve(self._config.catalog, [request], batched=batched)
         tail = row_tail(self._clock.now(), trace.trace_id, trace.span_id)
         stored_id = None if self._stored_id is _identity else self._stored_id
         logged = self._logged

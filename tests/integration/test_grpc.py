@@ -196,6 +196,11 @@ def test_a_plain_batch_answers_and_stores_what_the_general_path_does(harness: Ha
         inject(metadata)
         reply = harness.stub.AssignBatch(plain, metadata=tuple(metadata.items()), timeout=10)
     assert reply == harness.stub.AssignBatch(general, timeout=10)
+    for plain_unit, general_unit, response in zip(
+        plain.requests[:50], general.requests[:50], reply.responses[:50], strict=True
+    ):  # Assign takes the same two paths
+        assert harness.stub.Assign(plain_unit, timeout=5) == response
+        assert harness.stub.Assign(general_unit, timeout=5) == response
     answers = [r.assignments[0] for r in reply.responses]
     assert [r.assignments[1].reason for r in reply.responses] == [pb.REASON_TARGETING_MISS] * 400
     reasons = {a.reason for a in answers}
@@ -239,10 +244,11 @@ def test_a_plain_batch_with_an_unknown_or_bad_key_or_too_many_units_is_refused(
     code, details = _code(lambda: harness.stub.AssignBatch(batch(["ranker-v2"] * 101), timeout=5))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.startswith("requests[0].experiment_keys")
-    raw = harness.channel.unary_unary(f"/{SERVICE}/AssignBatch")
-    code, details = _code(lambda: raw(b"\x0a\xff\xff", timeout=5))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert details.startswith("request: is not a valid AssignBatchRequest")
+    for method in ("Assign", "AssignBatch"):
+        raw = harness.channel.unary_unary(f"/{SERVICE}/{method}")
+        code, details = _code(lambda: raw(b"\x0a\xff\xff", timeout=5))  # noqa: B023
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.startswith(f"request: is not a valid {method}Request")
     assert harness.runtime.flush(5)
     with harness.runtime.store.transaction() as tx:
         assert tx.exposures.get("ranker-v2", "b0") is None

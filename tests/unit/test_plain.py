@@ -13,7 +13,12 @@ from abkit.core.assignment import CompiledExperiment
 from abkit.core.limits import MAX_UNIT_ID_BYTES
 from abkit.core.model import Arm, Experiment, ExperimentStatus, Holdout, LayerSegment
 from abkit.core.native import speedups
-from abkit.core.plain import assign_plain, assign_plain_python, read_plain_batch
+from abkit.core.plain import (
+    assign_plain,
+    assign_plain_python,
+    read_plain_batch,
+    read_plain_unit,
+)
 from abkit.core.recent import TwoGenerations, recent_keys
 from abkit.core.targeting import parse_condition
 from abkit.v1 import assignment_pb2 as pb
@@ -112,6 +117,33 @@ def test_reader_agrees_with_protobuf(requests: list[pb.AssignRequest]) -> None:
         assert read is None
     else:
         assert read == ([r.unit_id for r in parsed], tuple(parsed[0].experiment_keys))
+
+
+@given(_requests)
+def test_unit_reader_agrees_with_protobuf(requests: list[pb.AssignRequest]) -> None:
+    for request in requests:
+        data = request.SerializeToString()
+        parsed = pb.AssignRequest.FromString(data)
+        plain = (
+            0 < len(parsed.unit_id) <= MAX_UNIT_ID_BYTES
+            and parsed.unit_id.isascii()
+            and parsed.unit_id.isprintable()
+            and not parsed.attributes
+        )
+        expected = (parsed.unit_id, tuple(parsed.experiment_keys)) if plain else None
+        assert read_plain_unit(data) == expected
+
+
+def test_unit_reader_refuses_what_is_not_plain() -> None:
+    assert read_plain_unit(b"") is None  # no unit id
+    assert read_plain_unit(b"\x0a\x01u\x1a\x02\xc3\x28") is None  # key not UTF-8
+    assert read_plain_unit(b"\x0a\x05u") is None  # truncated
+    assert read_plain_unit(
+        pb.AssignRequest(unit_id="u", experiment_keys=["a"]).SerializeToString()
+    ) == (
+        "u",
+        ("a",),
+    )
 
 
 # --- assign_plain against the closure --------------------------------------------------------
