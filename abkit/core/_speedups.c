@@ -579,15 +579,14 @@ static PyTypeObject PlainType = {
  * Plain calls: an Assign request, or an AssignBatch request whose units all are, in the common
  * case -- a printable-ASCII unit id, no attributes, the same experiment keys -- read from its
  * wire bytes, assigned and encoded without a Python object per unit beyond the unit's str and
- * its answer. The pure-Python
- * twins are abkit/core/plain.py (read: None, i.e. "take the protobuf path"; assign: the
- * compiled experiment's own closure), and property tests hold the two equal.
+ * its answer. The pure-Python twins are abkit/core/plain.py (read: None, i.e. "take the
+ * protobuf path"; assign: the compiled experiment's own closure), and property tests hold the
+ * two equal.
  *
  * read_plain_unit and read_plain_batch(data, max_unit_bytes): the protobuf wire format
  * (protobuf.dev, "Encoding") of AssignRequest { string unit_id = 1; map<...> attributes = 2;
  * repeated string experiment_keys = 3; } and of AssignBatchRequest { repeated AssignRequest
- * requests = 1; }.
- * Anything else -- an attribute, an unknown or repeated field, a unit id that is not plain, keys
+ * requests = 1; }. Anything else -- an attribute, an unknown or repeated field, a unit id that is not plain, keys
  * that differ between units, invalid UTF-8, no units -- returns None: the caller parses the
  * request with protobuf and checks it unit by unit, which accepts it or names the problem.
  * ------------------------------------------------------------------------------------------- */
@@ -645,7 +644,7 @@ read_unit(Span message, Span *unit, Span *keys, Py_ssize_t *n_keys)
         }
         if (tag == 0x0a) {
             if (has_unit) {
-                return 0; /* a repeated singular field: protobuf keeps the last; so does it */
+                return 0; /* a singular field twice: protobuf keeps the last; let it */
             }
             has_unit = 1;
             *unit = field;

@@ -198,8 +198,7 @@ def _plain_plan(c: _Constants) -> PlainPlan:
     elif c.rollout is not None:
         constant = c.rollout if targeted else c.miss[Reason.TARGETING_MISS]
     gates: list[tuple[Digest, bytes, bytes | None, Assignment]] = []
-    if c.holdout_digest is not None:
-        assert c.holdout is not None
+    if c.holdout_digest is not None and c.holdout is not None:
         gates.append((c.holdout_digest, c.holdout, None, c.miss[Reason.HOLDOUT]))
     if c.layer_digest is not None:
         gates.append((c.layer_digest, c.layer_start, c.layer_end, c.miss[Reason.NOT_IN_LAYER]))
