@@ -200,11 +200,7 @@ class AssignmentService:
         ``batched``)."""
         if batched:
             check_batch(len(units), "requests")
-        if len(keys) > MAX_EXPERIMENT_KEYS:
-            raise ValidationError(
-                _field(0 if batched else None, "experiment_keys"),
-                f"at most {MAX_EXPERIMENT_KEYS} keys, got {len(keys)}",
-            )
+        _check_key_count(keys, 0 if batched else None)
         request = UnitRequest(units[0], {}, keys)
         experiments = _resolve(self._config.catalog, [request], batched=batched)
         tail = row_tail(self._clock.now(), trace.trace_id, trace.span_id)
@@ -419,7 +415,10 @@ def _check_request(request: UnitRequest, index: int | None = None) -> None:
         check_unit_id(unit_id, _field(index, "unit_id"))
     if request.attributes:
         check_attributes(request.attributes, _field(index, "attributes"))
-    keys = request.experiment_keys
+    _check_key_count(request.experiment_keys, index)
+
+
+def _check_key_count(keys: Sequence[str], index: int | None) -> None:
     if len(keys) > MAX_EXPERIMENT_KEYS:
         raise ValidationError(
             _field(index, "experiment_keys"), f"at most {MAX_EXPERIMENT_KEYS} keys, got {len(keys)}"
