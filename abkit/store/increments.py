@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, text, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from abkit.core.increments import (
@@ -582,22 +582,25 @@ class SqlMaintained:
 
     def invalidate_before(self, cutoff: datetime) -> int:
         """Drop every state that may count a row older than ``cutoff`` (retention is about to
-        delete them): the next look computes it afresh. How many states were dropped."""
+        delete them): the next look computes it afresh. How many states were dropped.
+
+        A state's earliest day is its first row's; an undated row (a look's totals, not yet
+        spread over days) sorts first, so a state holding one is dropped: it may count a unit
+        of any day, even when its dated rows all start later."""
         dropped = 0
-        firsts = self._conn.execute(
-            select(_DAYS.c.experiment_key, _DAYS.c.metric_key, _DAYS.c.day.label("first"))
-            .where(_DAYS.c.day != UNDATED)
-            .distinct()
-            .order_by(_DAYS.c.experiment_key, _DAYS.c.metric_key, _DAYS.c.day)
-        ).all()
-        first: dict[tuple[str, str], str] = {}
-        for experiment_key, key, day in firsts:
-            first.setdefault((experiment_key, key), day)
+        first: dict[tuple[str, str], str] = {
+            (experiment_key, key): day
+            for experiment_key, key, day in self._conn.execute(
+                select(_DAYS.c.experiment_key, _DAYS.c.metric_key, func.min(_DAYS.c.day)).group_by(
+                    _DAYS.c.experiment_key, _DAYS.c.metric_key
+                )
+            )
+        }
         for row in self._conn.execute(select(_WATERMARKS)).mappings():
             at = (row["experiment_key"], row["metric_key"])
             lookback = (row["metric"] or {}).get("cuped_lookback_seconds") or 0
             reach = (cutoff + timedelta(seconds=int(lookback))).date().isoformat()
-            if first.get(at, UNDATED) <= reach:  # no dated rows: where it starts is unknown
+            if first.get(at, UNDATED) <= reach:
                 self._drop(*at)
                 dropped += 1
         return dropped

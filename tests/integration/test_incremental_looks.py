@@ -227,6 +227,23 @@ def test_sql_stores_maintain_exactly(
         store.close()
 
 
+def test_retention_drops_a_state_whose_totals_are_not_yet_dated(store: Store) -> None:
+    # Found by the property test: the state's dated rows start on day 4 (u4), a later look adds
+    # u0, exposed on day 1, to its undated totals; pruning day 1 must not leave u0 counted.
+    run_program(
+        store,
+        [
+            ("expose", [(4, "control", 3982)]),
+            ("look",),  # the first look's totals: undated
+            ("look",),  # a look that dates them (day 4)
+            ("expose", [(0, "control", 0)]),
+            ("look",),  # u0 in undated totals
+            ("prune", 4),
+            ("look",),
+        ],
+    )
+
+
 def test_a_long_history_with_late_and_duplicate_events(store: Store) -> None:
     """One fixed program long enough to cross several looks of each kind."""
     program: list[tuple[Any, ...]] = []

@@ -169,8 +169,8 @@ class MemoryMaintained:
         doomed = []
         for at, state in self._s.maintained.items():
             reach = (cutoff + timedelta(seconds=state.metric.cuped_lookback_seconds or 0)).date()
-            dated = [r.day for r in state.days if r.day != UNDATED]
-            if min(dated, default=UNDATED) <= reach.isoformat():
+            # An undated row (UNDATED sorts first) may count a unit of any day.
+            if min((r.day for r in state.days), default=UNDATED) <= reach.isoformat():
                 doomed.append(at)
         for at in doomed:
             del self._s.maintained[at]
