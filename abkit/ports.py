@@ -232,11 +232,6 @@ class MaintainedStatistics(Protocol):
         """Wait for other refreshes of this experiment until the transaction ends."""
         ...
 
-    def arrivals(self, experiment_key: str, before: Watermark, after: Watermark) -> int:
-        """How many exposures of the experiment, and events (of any unit), are numbered in
-        between."""
-        ...
-
     def load(self, experiment_key: str) -> dict[str, MetricState]:
         """The experiment's states, by metric key."""
         ...

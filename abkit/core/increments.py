@@ -48,6 +48,14 @@ class Watermark:
     def covers(self, other: Watermark) -> bool:
         return self.exposures >= other.exposures and self.events >= other.events
 
+    def drawn_since(self, before: Watermark) -> int:
+        """How many numbers were drawn after ``before`` up to this watermark, exposures and
+        events (of every experiment) together: an upper bound on the rows that arrived (a
+        rolled-back insert leaves its number unused), which is all choosing a plan needs --
+        counting the rows instead read the ``seq`` indexes, about a second at 500 k new events.
+        """
+        return max(0, self.exposures - before.exposures) + max(0, self.events - before.events)
+
 
 @dataclass(frozen=True, slots=True)
 class DailySummaries:

@@ -125,11 +125,7 @@ class StatisticsService:
             for before, group in behind.items():
                 old = [states[metric_key(m)] for m in group] if before is not None else []
                 units = max((sum(r.n for r in s.days) for s in old), default=0)
-                if (
-                    before is None
-                    or tx.maintained.arrivals(experiment_key, before, upto)
-                    > self._full_share * units
-                ):
+                if before is None or upto.drawn_since(before) > self._full_share * units:
                     # The first look, or so much new that reading it all is cheaper: the full
                     # recomputation's totals, minus what the state holds (undated).
                     full = tx.analysis.summaries(experiment_key, group, upto=upto)

@@ -96,7 +96,9 @@ def _binary(expr: str) -> str:
     return f"(CASE WHEN {expr} > 0 THEN 1 ELSE 0 END)"
 
 
-def _exposed(mode: Mode, in_list: str) -> str:
+def _exposed(mode: Mode, in_list: str, lookups: bool) -> str:
+    """The units a change touches, one row each (the primary key is (experiment, unit)), with
+    ``in_a``/``in_b``: exposed up to ``A``/``B``."""
     columns = "unit_id, arm_key, exposed_at"
     if mode == "all":
         return (
@@ -112,12 +114,27 @@ def _exposed(mode: Mode, in_list: str) -> str:
             "    WHERE experiment_key = :experiment_key AND unit_id IN :units"
         )
     # Two disjoint sets: exposed since B (nothing to subtract), and exposed before B with an
-    # event since B (old value out, new value in). Both come from an index range; the units of
-    # the new events are looked up in unit order, so consecutive lookups share index pages.
-    return (
+    # event since B (old value out, new value in).
+    since = (
         f"SELECT {columns}, 1 AS in_a, 0 AS in_b FROM exposures\n"
         "    WHERE experiment_key = :experiment_key AND seq > :bx AND seq <= :ax\n"
         "    UNION ALL\n"
+    )
+    if not lookups:
+        # Many arrived: a semi-join, which PostgreSQL runs as one parallel hash of the new
+        # events' units shared by its workers (the DISTINCT below is built and sorted again in
+        # every worker: 2 s of each at 500 k new events).
+        return since + (
+            "    SELECT x.unit_id, x.arm_key, x.exposed_at, 1 AS in_a, 1 AS in_b\n"
+            "    FROM exposures AS x\n"
+            "    WHERE x.experiment_key = :experiment_key AND x.seq <= :bx AND x.unit_id IN (\n"
+            "        SELECT v.unit_id FROM events AS v\n"
+            f"        WHERE v.seq > :be AND v.seq <= :ae AND v.metric IN ({in_list})\n"
+            "    )"
+        )
+    # Few arrived: the units of the new events are looked up in unit order, so consecutive
+    # lookups share index pages.
+    return since + (
         "    SELECT x.unit_id, x.arm_key, x.exposed_at, 1 AS in_a, 1 AS in_b\n"
         "    FROM (\n"
         "        SELECT DISTINCT v.unit_id FROM events AS v\n"
@@ -130,8 +147,11 @@ def _exposed(mode: Mode, in_list: str) -> str:
     )
 
 
-def changes_sql(metrics: Sequence[Metric], dialect: str, mode: Mode) -> str:
+def changes_sql(
+    metrics: Sequence[Metric], dialect: str, mode: Mode, *, lookups: bool = True
+) -> str:
     """Per (arm, day): contribution at ``A`` minus contribution at ``B`` (module docstring).
+    ``lookups``: few units arrived, look them up one by one (:meth:`SqlMaintained._plan`).
 
     Columns: ``arm_key, day, n`` and per metric ``i``: ``s{i}, ss{i}, k{i}`` (attributed
     events), with CUPED ``xs{i}, xss{i}, xys{i}``, for a ratio ``ds{i}, dss{i}, nds{i}``.
@@ -211,7 +231,7 @@ def changes_sql(metrics: Sequence[Metric], dialect: str, mode: Mode) -> str:
     # Built only from validated metric definitions (integers, bind-parameter names); every value
     # a user supplies is a bind parameter.
     return f"""WITH exposed AS (
-    {_exposed(mode, in_list)}
+    {_exposed(mode, in_list, lookups)}
 ),
 unit_days AS (
     SELECT
@@ -254,22 +274,28 @@ GROUP BY arm_key, CASE WHEN part = 0 THEN day ELSE exposure_day END
 """
 
 
-def totals_sql(metrics: Sequence[Metric], dialect: str, mode: Mode) -> str:
+def totals_sql(metrics: Sequence[Metric], dialect: str, mode: Mode, *, lookups: bool = True) -> str:
     """What :func:`changes_sql` gives summed over days -- one row per arm, ``day`` empty --
     computed per unit without the per-day path: what a look needs, at about half the cost.
 
-    The same columns. ``mode`` is ``new`` or ``units``.
+    The same columns. ``mode`` is ``new`` or ``units``; ``lookups`` as for :func:`changes_sql`.
+
+    On PostgreSQL each touched unit's values come from one aggregate over its events beside its
+    exposure row (``LATERAL``), not from a join grouped by unit: a unit has one exposure row, so
+    the grouping only re-collects what the lookup already had together, and PostgreSQL would
+    do it in two phases (per worker, then again after gathering). SQLite has no ``LATERAL``
+    and keeps the grouped join. Both give the same numbers (the conformance suite runs both).
     """
     events = _event_params(metrics)
     in_list = ", ".join(f":{p}" for p in events.values())
     old = " AND v.seq <= :be"
     new = " AND v.seq <= :ae" if mode == "units" else ""
-    values: list[str] = []
+    values: list[tuple[str, str]] = []  # (per-unit aggregate, column)
     sums: list[str] = []
 
     def side(name: str, kind: MetricKind, predicate: str) -> None:
-        values.append(f"{_unit_value(kind, f'({predicate}){new}')} AS {name}a")
-        values.append(f"{_unit_value(kind, f'({predicate}){old}')} AS {name}b")
+        values.append((_unit_value(kind, f"({predicate}){new}"), f"{name}a"))
+        values.append((_unit_value(kind, f"({predicate}){old}"), f"{name}b"))
 
     def total(name: str, expr: str) -> None:
         sums.append(f"SUM(in_a * {expr.format(s='a')} - in_b * {expr.format(s='b')}) AS {name}")
@@ -294,23 +320,37 @@ def totals_sql(metrics: Sequence[Metric], dialect: str, mode: Mode) -> str:
             total(f"xss{i}", f"x{i}{{s}} * x{i}{{s}}")
             total(f"xys{i}", f"x{i}{{s}} * y{i}{{s}}")
         sums.append(f"0 AS k{i}")
-    values_sql = ",\n        ".join(values)
     sums_sql = ",\n    ".join(sums)
-    # Built only from validated metric definitions (integers, bind-parameter names); every value
-    # a user supplies is a bind parameter.
-    return f"""WITH exposed AS (
-    {_exposed(mode, in_list)}
-),
-unit_values AS (
-    SELECT
+    joined = f"v.metric IN ({in_list}) AND v.seq <= :je"
+    if dialect == "postgresql":
+        # An aggregate over no rows is NULL where the grouped join's NULL row gives 0.
+        values_sql = ",\n            ".join(f"COALESCE({e}, 0) AS {c}" for e, c in values)
+        unit_values = f"""SELECT x.arm_key, x.in_a, x.in_b, u.*
+    FROM exposed AS x
+    CROSS JOIN LATERAL (
+        SELECT
+            {values_sql}
+        FROM events AS v
+        WHERE v.unit_id = x.unit_id AND {joined}
+    ) AS u"""
+    else:
+        values_sql = ",\n        ".join(f"{e} AS {c}" for e, c in values)
+        unit_values = f"""SELECT
         MIN(x.arm_key) AS arm_key,
         MIN(x.in_a) AS in_a,
         MIN(x.in_b) AS in_b,
         {values_sql}
     FROM exposed AS x
     LEFT JOIN events AS v
-        ON v.unit_id = x.unit_id AND v.metric IN ({in_list}) AND v.seq <= :je
-    GROUP BY x.unit_id
+        ON v.unit_id = x.unit_id AND {joined}
+    GROUP BY x.unit_id"""
+    # Built only from validated metric definitions (integers, bind-parameter names); every value
+    # a user supplies is a bind parameter.
+    return f"""WITH exposed AS (
+    {_exposed(mode, in_list, lookups)}
+),
+unit_values AS (
+    {unit_values}
 )
 SELECT
     arm_key,
@@ -381,22 +421,6 @@ class SqlMaintained:
                 {"space": REFRESH_LOCKS, "key": int.from_bytes(digest[:4], "big", signed=True)},
             )
 
-    def arrivals(self, experiment_key: str, before: Watermark, after: Watermark) -> int:
-        """Counted from the ``seq`` indexes alone."""
-        row = self._conn.execute(
-            text(
-                "SELECT (SELECT COUNT(*) FROM exposures WHERE seq > :bx AND seq <= :ax), "
-                "(SELECT COUNT(*) FROM events WHERE seq > :be AND seq <= :ae)"
-            ),
-            {
-                "bx": before.exposures,
-                "ax": after.exposures,
-                "be": before.events,
-                "ae": after.events,
-            },
-        ).one()
-        return int(row[0]) + int(row[1])
-
     def load(self, experiment_key: str) -> dict[str, MetricState]:
         marks = self._conn.execute(
             select(_WATERMARKS).where(_WATERMARKS.c.experiment_key == experiment_key)
@@ -437,8 +461,11 @@ class SqlMaintained:
             "units" if units is not None else "all" if days and before == Watermark() else "new"
         )
         dialect = self._conn.dialect.name
+        lookups = True
+        if dialect == "postgresql":
+            lookups = self._plan(mode, before, after, days=days)
         render = changes_sql if days else totals_sql
-        query = text(render(metrics, dialect, mode))
+        query = text(render(metrics, dialect, mode, lookups=lookups))
         params: dict[str, Any] = {
             "experiment_key": experiment_key,
             "ax": after.exposures,
@@ -451,30 +478,37 @@ class SqlMaintained:
         if units is not None:
             query = query.bindparams(bindparam("units", expanding=True))
             params["units"] = list(units)
-        if dialect == "postgresql":
-            self._plan(experiment_key, mode, before, after)
         rows = self._conn.execute(query, params).mappings().all()
         return _changes(rows, metrics)
 
-    def _plan(self, experiment_key: str, mode: Mode, before: Watermark, after: Watermark) -> None:
+    def _plan(self, mode: Mode, before: Watermark, after: Watermark, *, days: bool) -> bool:
         """Planner settings for :meth:`changes`, transaction-local (BENCHMARKS.md, "Incremental
-        looks"). From every unit (``all``): as the full analysis, stream in unit order, never
-        hash every exposed unit. From some: no JIT (compiling costs up to 1.7 s, more than a
-        small look), and when few rows arrived compared with the exposures stored (under
+        looks"); whether the query should look the touched units up one by one.
+
+        From every unit (``all``): as the full analysis, stream in unit order, never hash every
+        exposed unit. From some: no JIT (compiling costs up to 1.7 s, more than a small look),
+        and when few rows arrived compared with the exposures stored (under
         :data:`LOOKUP_SHARE`), look each touched unit up by index rather than let a hash join
-        scan every exposure; past that, PostgreSQL's own choice."""
+        scan every exposure; past that, PostgreSQL's own choice -- except, for the totals, no
+        sort: it would sort the touched units by arm in every worker to group them after
+        gathering, where hashing two arms costs nothing.
+        """
         self._conn.execute(text(f"SET LOCAL work_mem = '{ANALYSIS_WORK_MEM}'"))
         if mode == "all":
             self._conn.execute(text("SET LOCAL enable_hashjoin = off"))
-            return
+            return False
         self._conn.execute(text("SET LOCAL jit = off"))
         stored = self._conn.execute(
             text("SELECT GREATEST(reltuples, 0) FROM pg_class WHERE relname = 'exposures'")
         ).scalar_one()
-        arrived = 0 if mode == "units" else self.arrivals(experiment_key, before, after)
-        if arrived < LOOKUP_SHARE * float(stored):
+        arrived = 0 if mode == "units" else after.drawn_since(before)
+        if arrived / max(float(stored), 1.0) < LOOKUP_SHARE:
             self._conn.execute(text("SET LOCAL enable_hashjoin = off"))
             self._conn.execute(text("SET LOCAL enable_mergejoin = off"))
+            return True
+        if not days:
+            self._conn.execute(text("SET LOCAL enable_sort = off"))
+        return False
 
     def save(
         self,

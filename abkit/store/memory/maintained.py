@@ -81,13 +81,6 @@ class MemoryMaintained:
     def lock(self, experiment_key: str) -> None:
         """A transaction of the twin holds the whole store already."""
 
-    def arrivals(self, experiment_key: str, before: Watermark, after: Watermark) -> int:
-        return sum(
-            1
-            for (key, _), n in self._s.exposure_seq.items()
-            if key == experiment_key and before.exposures < n <= after.exposures
-        ) + sum(1 for n in self._s.event_seq.values() if before.events < n <= after.events)
-
     def load(self, experiment_key: str) -> dict[str, MetricState]:
         return {k: s for (e, k), s in self._s.maintained.items() if e == experiment_key}
 
