@@ -66,7 +66,7 @@ class Scenario:
 
 SCENARIOS = {
     "promote": Scenario(
-        {"ranker-v1": 0.10, "ranker-v2": 0.14}, {"ranker-v1": 120, "ranker-v2": 118}, "promote"
+        {"ranker-v1": 0.10, "ranker-v2": 0.16}, {"ranker-v1": 120, "ranker-v2": 118}, "promote"
     ),
     "harmful": Scenario(
         {"ranker-v1": 0.10, "ranker-v2": 0.12}, {"ranker-v1": 120, "ranker-v2": 138}, "rollback"

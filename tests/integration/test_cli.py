@@ -183,12 +183,17 @@ def test_the_three_demo_scenarios_end_as_stated(tmp_path: Path) -> None:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         )  # fmt: skip
     outputs = {}
-    for scenario, proc in procs.items():
-        out, err = proc.communicate(timeout=150)
-        assert proc.returncode == 0, f"{scenario}: {out}\n{err}"
-        assert "decision after" in out and expected[scenario] in out, out
-        assert "look  1" in out and "audit trail:" in out
-        outputs[scenario] = out
+    try:
+        for scenario, proc in procs.items():
+            out, err = proc.communicate(timeout=150)
+            assert proc.returncode == 0, f"{scenario}: {out}\n{err}"
+            assert "decision after" in out and expected[scenario] in out, out
+            assert "look  1" in out and "audit trail:" in out
+            outputs[scenario] = out
+    finally:  # a failed scenario must not leave the others running into the next test
+        for proc in procs.values():
+            proc.kill()
+            proc.communicate()
     assert "guardrail latency_ms is harmed" in outputs["harmful"]
     assert "conversion improved in candidate" in outputs["promote"]
 
