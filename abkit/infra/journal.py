@@ -349,6 +349,8 @@ class Journal:
             if run is not None:
                 run.add(payload, rows)
             else:
+                if not self._pending:
+                    self._work.notify()  # the flusher sleeps without a deadline while idle
                 self._pending.append(_Run(kind, payload, rows))
             self._pending_appends += 1
             self._pending_bytes += added
@@ -393,7 +395,9 @@ class Journal:
                 elif self._closing and not self._pending:
                     return
                 else:
-                    self._work.wait(FLUSH_INTERVAL)
+                    # Idle, it waits for the next append: a thread waking every few ms would
+                    # take the GIL from a busy request loop each time, for nothing.
+                    self._work.wait(FLUSH_INTERVAL if self._pending else None)
 
     def _due(self) -> bool:
         return time.monotonic() - self._last_flush >= FLUSH_INTERVAL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,37 @@ def test_an_append_is_durable_when_its_receipt_says_so(journal: Journal) -> None
     records = journal.read(START, max_rows=100, timeout=1)
     assert [(r.kind, r.rows) for r in records] == [(RowKind.EXPOSURES, 3)]
     assert journal.stats().durable_rows == 3 and journal.stats().backlog_rows == 3
+
+
+def test_an_append_nobody_waits_for_is_made_durable_by_the_flusher(journal: Journal) -> None:
+    # Asynchronous exposures: nobody hurries the group; the flusher must still sync it, also
+    # after idling (when it sleeps without a deadline until an append wakes it).
+    for round_ in range(3):
+        time.sleep(0.05)
+        append_exposures(journal, exposures(2, start=2 * round_))
+        deadline = time.monotonic() + 2
+        while journal.stats().durable_rows < 2 * (round_ + 1) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert journal.stats().durable_rows == 2 * (round_ + 1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads Linux's /proc")
+def test_an_idle_flusher_does_not_wake(journal: Journal) -> None:
+    # It used to wake every FLUSH_INTERVAL (5 ms) with nothing to do, each time taking the GIL
+    # from the server's request loop.
+    receipt = append_exposures(journal, exposures(1))
+    assert receipt.wait(5)
+    flusher = journal._thread
+    assert flusher is not None and flusher.native_id is not None
+    status = Path(f"/proc/self/task/{flusher.native_id}/status")
+
+    def switches() -> int:
+        line = next(x for x in status.read_text().splitlines() if x.startswith("voluntary"))
+        return int(line.split()[1])
+
+    before = switches()
+    time.sleep(0.3)
+    assert switches() - before <= 2  # 60 at one wake-up per 5 ms
 
 
 def test_concurrent_appends_share_fsyncs(tmp_path: Path) -> None:
