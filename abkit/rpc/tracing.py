@@ -79,7 +79,10 @@ Handler = Callable[[S, Any, grpc.aio.ServicerContext, TraceRef], Awaitable[Any]]
 
 
 def rpc(method: Handler[S]) -> Callable[[S, Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-    """Wrap a servicer coroutine: span under the caller's trace, duration, AbkitError -> status."""
+    """Wrap a servicer coroutine: span under the caller's trace, duration, AbkitError -> status.
+
+    One frame for both kinds of server: the wrapper awaits the method itself (each coroutine
+    between the loop and the method is resumed on every wait for a group commit)."""
     name = method.__name__
     span_name = f"{SERVICE}/{name}"
     attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": name}
@@ -87,76 +90,62 @@ def rpc(method: Handler[S]) -> Callable[[S, Any, grpc.aio.ServicerContext], Awai
     @functools.wraps(method)
     async def wrapper(self: S, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
-        metadata = context.invocation_metadata()
-        carrier = {k: v for k, v in metadata if isinstance(v, str)} if metadata else {}
-        parent = propagate.extract(carrier) if "traceparent" in carrier else None
+        parent = _caller(context.invocation_metadata())
         status = grpc.StatusCode.OK
-        if not self.records_spans:
-            return await _unrecorded(self, method, request, context, parent, name, started)
-        # Not made current: the ids travel explicitly (TraceRef), which spares a context
-        # attach/detach; attributes only when the span records (validating them costs).
-        span = self.tracer.start_span(span_name, context=parent, kind=SpanKind.SERVER)
-        recording = span.is_recording()
-        if recording:
-            span.set_attributes(attributes)
-        ids = span.get_span_context()
-        ref = TraceRef(f"{ids.trace_id:032x}", f"{ids.span_id:016x}") if ids.is_valid else NO_TRACE
+        span: trace.Span | None = None
+        recording = False
+        if self.records_spans:
+            # Not made current: the ids travel explicitly (TraceRef), which spares a context
+            # attach/detach; attributes only when the span records (validating them costs).
+            span = self.tracer.start_span(span_name, context=parent, kind=SpanKind.SERVER)
+            recording = span.is_recording()
+            if recording:
+                span.set_attributes(attributes)
+            ids = span.get_span_context()
+            valid = ids.is_valid
+            ref = TraceRef(f"{ids.trace_id:032x}", f"{ids.span_id:016x}") if valid else NO_TRACE
+        else:
+            ref = _unrecorded_ids(parent)
         try:
             return await method(self, request, context, ref)
         except AbkitError as exc:
             status = status_code(exc)
-            if recording and status in _SERVER_FAULTS:
+            if span is not None and recording and status in _SERVER_FAULTS:
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
             await context.abort(status, str(exc))
         except Exception:
             status = grpc.StatusCode.UNKNOWN  # a bug: gRPC answers UNKNOWN
-            if recording:
+            if span is not None and recording:
                 span.set_status(Status(StatusCode.ERROR))
             raise
         finally:
-            code = status.value[0]
-            if recording:
-                span.set_attribute("rpc.grpc.status_code", code)
-            span.end()
+            if span is not None:
+                if recording:
+                    span.set_attribute("rpc.grpc.status_code", status.value[0])
+                span.end()
             if self.metrics is not None:
                 self.metrics.duration.record(
-                    (time.perf_counter() - started) * 1000.0, _labels(name, code)
+                    (time.perf_counter() - started) * 1000.0, _labels(name, status.value[0])
                 )
 
     return wrapper
 
 
-async def _unrecorded(
-    self: S,
-    method: Handler[S],
-    request: Any,
-    context: grpc.aio.ServicerContext,
-    parent: Any,
-    name: str,
-    started: float,
-) -> Any:
-    """The same RPC when spans are never recorded: only the ids, as the SDK would make them.
+def _caller(metadata: Any) -> Any:
+    """The caller's trace context from W3C ``traceparent``/``tracestate`` metadata, or None."""
+    for key, _ in metadata or ():
+        if key == "traceparent":
+            return propagate.extract({k: v for k, v in metadata if isinstance(v, str)})
+    return None
 
-    The trace id is the caller's (or a new one), the span id a new random 64-bit id -- what an
-    unsampled SDK span carries -- without building the span. About 10 us an RPC here.
-    """
+
+def _unrecorded_ids(parent: Any) -> TraceRef:
+    """The ids of an RPC whose spans are never recorded, as the SDK would make them, without
+    building the span: the caller's trace id (or a new one) and a new random 64-bit span id --
+    what an unsampled SDK span carries."""
     caller = trace.get_current_span(parent).get_span_context() if parent is not None else None
     trace_id = caller.trace_id if caller is not None and caller.is_valid else _ids.getrandbits(128)
-    ref = TraceRef(f"{trace_id:032x}", f"{_ids.getrandbits(64) or 1:016x}")
-    status = grpc.StatusCode.OK
-    try:
-        return await method(self, request, context, ref)
-    except AbkitError as exc:
-        status = status_code(exc)
-        await context.abort(status, str(exc))
-    except Exception:
-        status = grpc.StatusCode.UNKNOWN
-        raise
-    finally:
-        if self.metrics is not None:
-            self.metrics.duration.record(
-                (time.perf_counter() - started) * 1000.0, _labels(name, status.value[0])
-            )
+    return TraceRef(f"{trace_id:032x}", f"{_ids.getrandbits(64) or 1:016x}")
 
 
 _ids = random.Random()

@@ -126,6 +126,9 @@ class AssignmentService:
         self._clock = clock
         self._sync = durability is Durability.SYNC
         self._timeout = durable_timeout
+        self._not_durable = (
+            f"exposures were not durable within {durable_timeout:g} s; retry shortly"
+        )
         # With ABKIT_UNIT_ID_KEY, rows store HMAC(key, unit id); assignment hashes the raw id.
         self._stored_id = pseudonymize or _identity
         # Only the first exposure of a unit is stored; a unit asking again (the common case)
@@ -209,17 +212,17 @@ class AssignmentService:
         columns: list[list[Assignment]] = []
         texts: list[str] = []
         new: list[tuple[str, list[str]]] = []
+        count = 0
         for experiment in experiments[0]:
             answers, text, rows = assign_plain(units, experiment, logged, tail, stored_id)
             columns.append(answers)
             if rows:
                 texts.append(text)
                 new.append((experiment.key, rows))
+                count += len(rows)
         pending = None
         if new:
-            pending = self._record_exposures(
-                "".join(texts), sum(len(rows) for _, rows in new), sync=self._sync
-            )
+            pending = self._record_exposures("".join(texts), count, sync=self._sync)
             for key, rows in new:
                 logged.update(zip(repeat(key), rows))
         return columns, pending
@@ -267,9 +270,7 @@ class AssignmentService:
             return None
         if not sync:
             return None
-        return Pending(
-            receipt, f"exposures were not durable within {self._timeout:g} s; retry shortly"
-        )
+        return Pending(receipt, self._not_durable)
 
     def log_exposures(self, items: Sequence[ExposureInput]) -> int:
         accepted, pending = self.start_log_exposures(items)
