@@ -9,10 +9,16 @@ the run with
   has it): the share of samples per part of the request path -- grpcio's Python layer, abkit's
   request path, the wait for the group commit, the journal and drain threads;
 * ``perf`` (Debian's ``linux-perf``): the share of the process's CPU per shared object and per
-  symbol, kernel included (context switches show up there).
+  symbol, kernel included (context switches show up there);
+* ``threads`` (no profiler, nothing slowed down): each thread's CPU per call (user and system)
+  and its voluntary and involuntary context switches per call, from ``/proc`` before and after
+  the run -- steadier than calls/s on a shared machine, and it shows which thread pays (the
+  request loop, the journal's committer, the drain, grpc's pollers).
 
     .venv/bin/python tests/benchmarks/profile_grpc.py --kind new --tool py-spy
     .venv/bin/python tests/benchmarks/profile_grpc.py --kind baseline --tool perf
+    .venv/bin/python tests/benchmarks/profile_grpc.py --kind new --tool threads \
+        --env ABKIT_COMMIT_DELAY_SECONDS=0.002
     .venv/bin/python tests/benchmarks/profile_grpc.py --kind new --tool none \
         --env ABKIT_WRITER_FLUSH_SECONDS=120 --env ABKIT_WRITER_BATCH_SIZE=10000000
 
@@ -68,6 +74,54 @@ def perf_report(data: Path, sort: str, top: int) -> list[str]:
     return [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.startswith("#")][:top]
 
 
+def thread_counters(pid: int) -> dict[int, tuple[str, int, int, int, int]]:
+    """Per thread of ``pid``: (name, user ticks, system ticks, voluntary, involuntary switches)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (task / "comm").read_text().strip()
+        except FileNotFoundError:  # the thread ended
+            continue
+        counts = dict(line.split(":\t") for line in status.splitlines() if "ctxt_switches" in line)
+        found[int(task.name)] = (
+            name,
+            int(fields[11]),
+            int(fields[12]),
+            int(counts["voluntary_ctxt_switches"]),
+            int(counts["nonvoluntary_ctxt_switches"]),
+        )
+    return found
+
+
+def thread_report(
+    before: dict[int, tuple[str, int, int, int, int]],
+    after: dict[int, tuple[str, int, int, int, int]],
+    calls: float,
+) -> list[str]:
+    """The threads that used CPU during the run, per call, busiest first; then the process."""
+    us = 1e6 / os.sysconf("SC_CLK_TCK") / calls
+    rows, total = [], [0, 0, 0, 0]
+    for tid, (name, *now) in after.items():
+        if tid not in before:
+            continue
+        delta = [a - b for a, b in zip(now, before[tid][1:], strict=True)]
+        total = [t + d for t, d in zip(total, delta, strict=True)]
+        if delta[0] + delta[1]:
+            rows.append((delta[0] + delta[1], tid, name, delta))
+    lines = [f"{'thread':>24}  CPU us/call (user + sys)  switches/call: voluntary, involuntary"]
+    for _, tid, name, (user, system, vol, invol) in sorted(rows, reverse=True):
+        cpu = f"{(user + system) * us:7.1f} ({user * us:6.1f} + {system * us:6.1f})"
+        lines.append(f"{name:>16} {tid:>7}  {cpu}  {vol / calls:5.2f}, {invol / calls:5.2f}")
+    user, system, vol, invol = total
+    lines.append(
+        f"{'process':>24}  {(user + system) * us:7.1f} ({user * us:6.1f} + {system * us:6.1f})"
+        f"  {vol / calls:5.2f}, {invol / calls:5.2f}"
+    )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -76,7 +130,7 @@ def main() -> None:
         choices=["baseline", "baseline-aio", "new", "new-async", "returning"],
     )
     parser.add_argument("--method", default="Assign", choices=["Assign", "AssignBatch"])
-    parser.add_argument("--tool", default="py-spy", choices=["py-spy", "perf", "none"])
+    parser.add_argument("--tool", default="py-spy", choices=["py-spy", "perf", "threads", "none"])
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--keep", type=Path, help="copy the raw profile here (py-spy: collapsed)")
@@ -117,9 +171,11 @@ def main() -> None:
                 if cmd
                 else None
             )
+            threads_before = thread_counters(pids[0])
             report = bg.loadgen(
                 port, args.method, args.seconds + 2, f"prof{time.time_ns()}", *extra
             )
+            threads_after = thread_counters(pids[0])
             if profiler is not None:
                 profiler.wait()
             if args.keep is not None and profiler is not None:
@@ -129,6 +185,9 @@ def main() -> None:
         if args.tool == "py-spy":
             for part, share in py_spy_parts(out).items():
                 print(f"{share:5.1f} %  {part}")
+        elif args.tool == "threads":
+            calls = float(report["requests"])  # type: ignore[arg-type]
+            print("\n".join(thread_report(threads_before, threads_after, calls)))
         elif args.tool == "perf":
             print("\n".join(perf_report(out, "dso", 6)))
             print("\n".join(perf_report(out, "sym", 12)))
