@@ -86,9 +86,10 @@ def test_an_idle_flusher_does_not_wake(journal: Journal) -> None:
         line = next(x for x in status.read_text().splitlines() if x.startswith("voluntary"))
         return int(line.split()[1])
 
+    time.sleep(0.05)  # let it finish the group and go back to waiting
     before = switches()
     time.sleep(0.3)
-    assert switches() - before <= 2  # 60 at one wake-up per 5 ms
+    assert switches() - before <= 5  # 60 at one wake-up per 5 ms
 
 
 def test_concurrent_appends_share_fsyncs(tmp_path: Path) -> None:
