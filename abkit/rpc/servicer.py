@@ -61,8 +61,8 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
         self._waits = DurableWaits(loop, self._service.durable_timeout)
         self._feed.bind(loop)
 
-    def _settle(self, pending: Pending) -> Awaitable[None]:
-        """The wait for ``pending`` (awaited by the handler itself: one coroutine less)."""
+    def _settle(self, pending: Pending | None) -> Awaitable[None]:
+        """The wait for ``pending``, if any (awaited by the handler itself: one coroutine less)."""
         assert self._waits is not None, "bind() the servicer to the server's loop first"
         return self._waits.settle(pending)
 
@@ -75,8 +75,7 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
                 columns, pending = self._service.start_assign_plain(
                     [plain[0]], plain[1], trace, batched=False
                 )
-                if pending is not None:
-                    await self._settle(pending)
+                await self._settle(pending)
                 if self.metrics is not None:
                     self.metrics.count_assignments(columns)
                 return self._responses.response([answers[0] for answers in columns])
@@ -85,8 +84,7 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
         assignments, pending = self._service.start_assign(
             unit.unit_id, unit.attributes, unit.experiment_keys, trace
         )
-        if pending is not None:
-            await self._settle(pending)
+        await self._settle(pending)
         if self.metrics is not None:
             self.metrics.count_assignments((assignments,))
         return self._responses.response(assignments)
@@ -99,16 +97,14 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
             plain = read_plain_batch(request)
             if plain is not None:
                 columns, pending = self._service.start_assign_plain(*plain, trace)
-                if pending is not None:
-                    await self._settle(pending)
+                await self._settle(pending)
                 if self.metrics is not None:
                     self.metrics.count_assignments(columns)
                 return self._responses.columns_response(columns)
             request = convert.assign_batch_request(request)
         units = convert.unit_requests_from_proto(request.requests)
         results, pending = self._service.start_assign_batch(units, trace)
-        if pending is not None:
-            await self._settle(pending)
+        await self._settle(pending)
         if self.metrics is not None:
             self.metrics.count_assignments(results)
         return self._responses.batch_response(results)
@@ -118,8 +114,7 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
         accepted, pending = self._service.start_log_exposures(
             convert.exposure_inputs_from_proto(request)
         )
-        if pending is not None:
-            await self._settle(pending)
+        await self._settle(pending)
         return pb.LogExposuresResponse(accepted=accepted)
 
     async def WatchConfig(self, request: Any, context: Context) -> AsyncIterator[bytes]:
@@ -131,8 +126,7 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
         events, pending = self._service.start_track_batch(
             [convert.track_input_from_proto(request)], trace, single=True
         )
-        if pending is not None:
-            await self._settle(pending)
+        await self._settle(pending)
         return pb.TrackResponse(event_id=events[0].event_id)
 
     @rpc
@@ -141,8 +135,7 @@ class AssignmentServicer(pb_grpc.AssignmentServiceServicer):
             convert.track_input_from_proto(e, f"events[{i}].") for i, e in enumerate(request.events)
         ]
         events, pending = self._service.start_track_batch(items, trace)
-        if pending is not None:
-            await self._settle(pending)
+        await self._settle(pending)
         return pb.TrackBatchResponse(event_ids=convert.event_ids(events))
 
 

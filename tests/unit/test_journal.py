@@ -72,7 +72,6 @@ def test_an_append_nobody_waits_for_is_made_durable_by_the_flusher(journal: Jour
         assert journal.stats().durable_rows == 2 * (round_ + 1)
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads Linux's /proc")
 def test_an_idle_flusher_does_not_wake(journal: Journal) -> None:
     # It used to wake every FLUSH_INTERVAL (5 ms) with nothing to do, each time taking the GIL
     # from the server's request loop.
