@@ -110,12 +110,22 @@ def postgres_pids() -> list[int]:
     return [int(p) for p in out.split()]
 
 
+CONNECTIONS = 16
+"""The generator's connections (``--connections``), 64 calls in flight over them whatever the
+number. Two server processes share a port by ``SO_REUSEPORT``, which hands each connection to
+one of them by a hash: with the 4 connections used before 2026-12-04, a round split them 2:2,
+3:1 or even 4:0 (one process idle) at random -- a lottery for each server, not a property of
+it. With 16 the split stays near even (the per-process CPU in the report shows it)."""
+
+
 def loadgen(port: int, method: str, seconds: float, prefix: str, *extra: str) -> dict[str, object]:
     """One run of the generator: its JSON report, with its CPU seconds added."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    streams = str(64 // CONNECTIONS)
     out = subprocess.run(
         [str(LOADGEN), "-addr", f"127.0.0.1:{port}", "-method", method, "-d", f"{seconds}s",
-         "-prefix", prefix, "-experiment", "bench", "-c", "4", "-m", "16", *extra],
+         "-prefix", prefix, "-experiment", "bench", "-c", str(CONNECTIONS), "-m", streams,
+         *extra],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -267,7 +277,7 @@ class Run:
     catch_up_s: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
     p99_half_ms: list[float] = field(default_factory=list)
-    cpu: list[dict[str, float]] = field(default_factory=list)
+    cpu: list[dict[str, object]] = field(default_factory=list)
 
 
 def one_run(run: Run, round_no: int, seconds: float) -> None:
@@ -291,9 +301,16 @@ def one_run(run: Run, round_no: int, seconds: float) -> None:
                                str(POOL), "-n", str(POOL), "-c", "1", "-m", "1")  # fmt: skip
                 assert warm["ok"] == POOL, warm
             pg = postgres_pids()
+            each = [cpu_seconds([p]) for p in pids]
             before = (cpu_seconds(pids), cpu_seconds(pg))
             report = loadgen(port, run.method, seconds, prefix, *extra)
             after = (cpu_seconds(pids), cpu_seconds(postgres_pids()))
+            # CPU per server process: SO_REUSEPORT spreads the generator's connections over
+            # the processes by a hash, so with few connections the split can be 3:1 or 4:0.
+            each = sorted(
+                (round(cpu_seconds([p]) - b, 1) for p, b in zip(pids, each, strict=True)),
+                reverse=True,
+            )
             asked = int(report["units_asked"])  # type: ignore[call-overload]
             answered = float(report["units_per_second"])  # type: ignore[arg-type]
             rate = answered
@@ -328,6 +345,7 @@ def one_run(run: Run, round_no: int, seconds: float) -> None:
             "server_s": round(after[0] - before[0], 2),
             "postgres_s": round(after[1] - before[1], 2),
             "loadgen_s": round(float(report["loadgen_cpu_s"] or 0.0), 2),  # type: ignore[arg-type]
+            **({"per_process_s": [c for c in each if c > 0.1]} if run.processes > 1 else {}),
         }
     )
     half = f" (at half load {run.p99_half_ms[-1]:.1f} ms)" if run.kind in NEW else ""
@@ -339,13 +357,19 @@ def one_run(run: Run, round_no: int, seconds: float) -> None:
 
 
 def main() -> None:
+    global CONNECTIONS
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--processes", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--methods", nargs="*", default=["Assign", "AssignBatch"])
     parser.add_argument("--kinds", nargs="*", default=list(KINDS))
+    parser.add_argument(
+        "--connections", type=int, default=CONNECTIONS, choices=[1, 2, 4, 8, 16],
+        help="the generator's connections, 64 calls in flight over them",
+    )  # fmt: skip
     args = parser.parse_args()
+    CONNECTIONS = args.connections
     if not LOADGEN.exists():
         raise SystemExit(f"{LOADGEN} is missing: make bench-tools")
     runs = {
