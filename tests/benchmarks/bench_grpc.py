@@ -301,14 +301,14 @@ def one_run(run: Run, round_no: int, seconds: float) -> None:
                                str(POOL), "-n", str(POOL), "-c", "1", "-m", "1")  # fmt: skip
                 assert warm["ok"] == POOL, warm
             pg = postgres_pids()
-            each = [cpu_seconds([p]) for p in pids]
+            started = [cpu_seconds([p]) for p in pids]
             before = (cpu_seconds(pids), cpu_seconds(pg))
             report = loadgen(port, run.method, seconds, prefix, *extra)
             after = (cpu_seconds(pids), cpu_seconds(postgres_pids()))
             # CPU per server process: SO_REUSEPORT spreads the generator's connections over
             # the processes by a hash, so with few connections the split can be 3:1 or 4:0.
-            each = sorted(
-                (round(cpu_seconds([p]) - b, 1) for p, b in zip(pids, each, strict=True)),
+            per_process = sorted(
+                (round(cpu_seconds([p]) - b, 1) for p, b in zip(pids, started, strict=True)),
                 reverse=True,
             )
             asked = int(report["units_asked"])  # type: ignore[call-overload]
@@ -345,7 +345,7 @@ def one_run(run: Run, round_no: int, seconds: float) -> None:
             "server_s": round(after[0] - before[0], 2),
             "postgres_s": round(after[1] - before[1], 2),
             "loadgen_s": round(float(report["loadgen_cpu_s"] or 0.0), 2),  # type: ignore[arg-type]
-            **({"per_process_s": [c for c in each if c > 0.1]} if run.processes > 1 else {}),
+            **({"per_process_s": [c for c in per_process if c > 0.1]} if run.processes > 1 else {}),
         }
     )
     half = f" (at half load {run.p99_half_ms[-1]:.1f} ms)" if run.kind in NEW else ""
