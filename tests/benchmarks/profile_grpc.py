@@ -13,12 +13,14 @@ the run with
 * ``threads`` (no profiler, nothing slowed down): each thread's CPU per call (user and system)
   and its voluntary and involuntary context switches per call, from ``/proc`` before and after
   the run -- steadier than calls/s on a shared machine, and it shows which thread pays (the
-  request loop, the journal's committer, the drain, grpc's pollers).
+  request loop, the journal's committer, the drain, grpc's pollers); with ``--processes 2``,
+  the threads of both server processes.
 
     .venv/bin/python tests/benchmarks/profile_grpc.py --kind new --tool py-spy
     .venv/bin/python tests/benchmarks/profile_grpc.py --kind baseline --tool perf
     .venv/bin/python tests/benchmarks/profile_grpc.py --kind new --tool threads \
         --env ABKIT_COMMIT_DELAY_SECONDS=0.002
+    .venv/bin/python tests/benchmarks/profile_grpc.py --kind baseline --tool threads --processes 2
     .venv/bin/python tests/benchmarks/profile_grpc.py --kind new --tool none \
         --env ABKIT_WRITER_FLUSH_SECONDS=120 --env ABKIT_WRITER_BATCH_SIZE=10000000
 
@@ -100,13 +102,15 @@ def thread_report(
     after: dict[int, tuple[str, int, int, int, int]],
     calls: float,
 ) -> list[str]:
-    """The threads that used CPU during the run, per call, busiest first; then the process."""
+    """The threads that used CPU during the run, per call, busiest first; then the processes.
+
+    A thread started during the run counts from zero (grpcio's synchronous server starts its
+    pool threads as calls arrive); one that ended during the run is not counted."""
     us = 1e6 / os.sysconf("SC_CLK_TCK") / calls
     rows, total = [], [0, 0, 0, 0]
     for tid, (name, *now) in after.items():
-        if tid not in before:
-            continue
-        delta = [a - b for a, b in zip(now, before[tid][1:], strict=True)]
+        was = before[tid][1:] if tid in before else (0, 0, 0, 0)
+        delta = [a - b for a, b in zip(now, was, strict=True)]
         total = [t + d for t, d in zip(total, delta, strict=True)]
         if delta[0] + delta[1]:
             rows.append((delta[0] + delta[1], tid, name, delta))
@@ -116,7 +120,7 @@ def thread_report(
         lines.append(f"{name:>16} {tid:>7}  {cpu}  {vol / calls:5.2f}, {invol / calls:5.2f}")
     user, system, vol, invol = total
     lines.append(
-        f"{'process':>24}  {(user + system) * us:7.1f} ({user * us:6.1f} + {system * us:6.1f})"
+        f"{'processes':>24}  {(user + system) * us:7.1f} ({user * us:6.1f} + {system * us:6.1f})"
         f"  {vol / calls:5.2f}, {invol / calls:5.2f}"
     )
     return lines
@@ -133,8 +137,14 @@ def main() -> None:
     parser.add_argument("--tool", default="py-spy", choices=["py-spy", "perf", "threads", "none"])
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument(
+        "--processes", type=int, default=1,
+        help="server processes (threads and none only: the profilers follow one process)",
+    )  # fmt: skip
     parser.add_argument("--keep", type=Path, help="copy the raw profile here (py-spy: collapsed)")
     args = parser.parse_args()
+    if args.processes > 1 and args.tool not in ("threads", "none"):
+        parser.error(f"--tool {args.tool} follows one process: use --processes 1")
     settings = {}
     for setting in args.env:
         name, sep, value = setting.partition("=")
@@ -150,7 +160,7 @@ def main() -> None:
              "--start"], env=env, check=True, capture_output=True,
         )  # fmt: skip
         out = work / "profile"
-        with bg.server(args.kind, 1, env, work) as (port, pids):
+        with bg.server(args.kind, args.processes, env, work) as (port, pids):
             extra: tuple[str, ...] = ()
             if args.kind == "returning":
                 extra = ("-units", "returning", "-pool", str(bg.POOL))
@@ -171,11 +181,11 @@ def main() -> None:
                 if cmd
                 else None
             )
-            threads_before = thread_counters(pids[0])
+            threads_before = {t: c for pid in pids for t, c in thread_counters(pid).items()}
             report = bg.loadgen(
                 port, args.method, args.seconds + 2, f"prof{time.time_ns()}", *extra
             )
-            threads_after = thread_counters(pids[0])
+            threads_after = {t: c for pid in pids for t, c in thread_counters(pid).items()}
             if profiler is not None:
                 profiler.wait()
             if args.keep is not None and profiler is not None:
