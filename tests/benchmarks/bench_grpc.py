@@ -301,16 +301,13 @@ def one_run(run: Run, round_no: int, seconds: float) -> None:
                                str(POOL), "-n", str(POOL), "-c", "1", "-m", "1")  # fmt: skip
                 assert warm["ok"] == POOL, warm
             pg = postgres_pids()
-            started = [cpu_seconds([p]) for p in pids]
-            before = (cpu_seconds(pids), cpu_seconds(pg))
+            started, pg_before = [cpu_seconds([p]) for p in pids], cpu_seconds(pg)
             report = loadgen(port, run.method, seconds, prefix, *extra)
-            after = (cpu_seconds(pids), cpu_seconds(postgres_pids()))
+            ended, pg_after = [cpu_seconds([p]) for p in pids], cpu_seconds(postgres_pids())
             # CPU per server process: SO_REUSEPORT spreads the generator's connections over
             # the processes by a hash, so with few connections the split can be 3:1 or 4:0.
-            per_process = sorted(
-                (round(cpu_seconds([p]) - b, 1) for p, b in zip(pids, started, strict=True)),
-                reverse=True,
-            )
+            used = [e - b for e, b in zip(ended, started, strict=True)]
+            per_process = sorted((round(u, 1) for u in used), reverse=True)
             asked = int(report["units_asked"])  # type: ignore[call-overload]
             answered = float(report["units_per_second"])  # type: ignore[arg-type]
             rate = answered
@@ -342,8 +339,8 @@ def one_run(run: Run, round_no: int, seconds: float) -> None:
     run.p99_ms.append(float(report["p99_ms"]))  # type: ignore[arg-type]
     run.cpu.append(
         {
-            "server_s": round(after[0] - before[0], 2),
-            "postgres_s": round(after[1] - before[1], 2),
+            "server_s": round(sum(used), 2),
+            "postgres_s": round(pg_after - pg_before, 2),
             "loadgen_s": round(float(report["loadgen_cpu_s"] or 0.0), 2),  # type: ignore[arg-type]
             **({"per_process_s": [c for c in per_process if c > 0.1]} if run.processes > 1 else {}),
         }

@@ -76,10 +76,11 @@ def perf_report(data: Path, sort: str, top: int) -> list[str]:
     return [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.startswith("#")][:top]
 
 
-def thread_counters(pid: int) -> dict[int, tuple[str, int, int, int, int]]:
-    """Per thread of ``pid``: (name, user ticks, system ticks, voluntary, involuntary switches)."""
+def thread_counters(pids: list[int]) -> dict[int, tuple[str, int, int, int, int]]:
+    """Per thread of ``pids``: (name, user ticks, system ticks, voluntary, involuntary
+    switches)."""
     found = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for task in (t for pid in pids for t in Path(f"/proc/{pid}/task").iterdir()):
         try:
             status = (task / "status").read_text()
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
@@ -181,11 +182,11 @@ def main() -> None:
                 if cmd
                 else None
             )
-            threads_before = {t: c for pid in pids for t, c in thread_counters(pid).items()}
+            threads_before = thread_counters(pids)
             report = bg.loadgen(
                 port, args.method, args.seconds + 2, f"prof{time.time_ns()}", *extra
             )
-            threads_after = {t: c for pid in pids for t, c in thread_counters(pid).items()}
+            threads_after = thread_counters(pids)
             if profiler is not None:
                 profiler.wait()
             if args.keep is not None and profiler is not None:
