@@ -10,13 +10,13 @@ WORKDIR /src
 COPY pyproject.toml README.md alembic.ini ./
 COPY abkit ./abkit
 COPY migrations ./migrations
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[otlp,prometheus,stream]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[otlp,prometheus,stream,fast]"
 
 # -- runtime: no compiler, no sources, a non-root user ---------------------------------------------
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/abkit abkit
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels "abkit[otlp,prometheus,stream]" \
+RUN pip install --no-cache-dir --no-index --find-links /wheels "abkit[otlp,prometheus,stream,fast]" \
     && rm -rf /wheels \
     && python -c "from abkit.core import hashing; assert hashing.NATIVE, 'no native speedups'"
 USER abkit

@@ -9,6 +9,7 @@ configured only through its standard ``OTEL_*`` variables (read by the SDK itsel
 from __future__ import annotations
 
 import getpass
+import importlib.util
 import logging
 import math
 import os
@@ -33,6 +34,8 @@ RETIRED = {
 """Variables abkit once read, and why they no longer matter: a deployment that still sets one
 is told so at startup rather than left to believe it has an effect."""
 MAX_GRPC_PROCESSES = 64
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+"""What ``ABKIT_GRPC_EVENT_LOOP`` may be (:func:`abkit.rpc.loops.new_loop`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,11 @@ class Settings:
     hold the GIL while another waits for it. The journal's and the drain's threads give it up on
     every fsync and database round trip and, at Python's default of 5 ms, can wait that long to
     get it back from the busy request loop each time; 1 ms keeps them moving (BENCHMARKS.md)."""
+    grpc_event_loop: str = "auto"
+    """The event loop of ``abkit grpc`` and ``abkit serve``: ``uvloop`` (libuv's, in C: a tenth to
+    a sixth less CPU a call, BENCHMARKS.md), ``asyncio`` (the standard library's), or ``auto``:
+    uvloop when it is installed (``pip install 'abkit[fast]'``, in the container image), else
+    asyncio."""
     grpc_grace_seconds: float = 10.0
     """On shutdown, in-flight RPCs get this long to finish."""
     config_refresh_seconds: float = 0.25
@@ -276,6 +284,16 @@ class Settings:
             raise ValidationError(
                 "ABKIT_EXPOSURE_DURABILITY",
                 f"must be sync or async, got {self.exposure_durability!r}",
+            )
+        if self.grpc_event_loop not in EVENT_LOOPS:
+            raise ValidationError(
+                "ABKIT_GRPC_EVENT_LOOP",
+                f"must be auto, asyncio or uvloop, got {self.grpc_event_loop!r}",
+            )
+        if self.grpc_event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValidationError(
+                "ABKIT_GRPC_EVENT_LOOP",
+                "is uvloop, which is not installed (pip install 'abkit[fast]')",
             )
         if not self.database_url:
             raise ValidationError("ABKIT_DATABASE_URL", "must not be empty")

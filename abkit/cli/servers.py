@@ -84,7 +84,8 @@ def _run_grpc(
     # the database; a short switch interval gets it back to them sooner from the request loop.
     sys.setswitchinterval(ctx.settings.grpc_switch_interval_seconds)
     click.echo(
-        f"abkit gRPC listening on {address or ctx.settings.grpc_address} (port {server.port})"
+        f"abkit gRPC ({server.event_loop} event loop) listening on "
+        f"{address or ctx.settings.grpc_address} (port {server.port})"
     )
     if web is not None:
         click.echo(f"abkit results page at {web.url}")

@@ -59,6 +59,11 @@ class GrpcServer:
         self._stopped = threading.Event()
 
     @property
+    def event_loop(self) -> str:
+        """The loop the server runs on: ``uvloop`` or ``asyncio`` (``ABKIT_GRPC_EVENT_LOOP``)."""
+        return type(self._loop).__module__.split(".")[0]
+
+    @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
@@ -161,7 +166,7 @@ def build_server(
     it is off (grpcio turns it on by default on Linux): a second server on a busy port must
     fail, not quietly take half of another server's connections.
     """
-    loop, thread = loops.start()
+    loop, thread = loops.start(settings.grpc_event_loop)
     try:
         return loops.run(
             loop, _build(settings, runtime, telemetry, loop, thread, address, reuse_port)

@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from abkit.rpc import loops
 from abkit.v1 import assignment_pb2 as pb
 from abkit.v1 import assignment_pb2_grpc as pb_grpc
 
@@ -276,6 +277,10 @@ async def serve_baseline_aio(address: str) -> None:
 if __name__ == "__main__":  # python -m abkit.tools.loadtest ADDRESS [--aio]: a baseline server
     where = next((a for a in sys.argv[1:] if not a.startswith("--")), "127.0.0.1:0")
     if "--aio" in sys.argv[1:]:
-        asyncio.run(serve_baseline_aio(where))
+        # The loop abkit's server would run on here (ABKIT_GRPC_EVENT_LOOP, default auto): the
+        # same loop on both sides of a comparison.
+        kind = os.environ.get("ABKIT_GRPC_EVENT_LOOP", "auto")
+        with asyncio.Runner(loop_factory=lambda: loops.new_loop(kind)) as runner:
+            runner.run(serve_baseline_aio(where))
     else:
         serve_baseline(where, int(os.environ.get("WORKERS", "16")))

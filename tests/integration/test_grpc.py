@@ -48,9 +48,16 @@ class Harness:
     spans: InMemorySpanExporter
 
 
-@pytest.fixture
-def harness(sql_url: str) -> Iterator[Harness]:
-    settings = Settings(database_url=sql_url, writer_flush_seconds=0.02, config_refresh_seconds=0.1)
+@pytest.fixture(params=["uvloop", "asyncio"])
+def harness(sql_url: str, request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """A server on each event loop it can run on (``ABKIT_GRPC_EVENT_LOOP``): uvloop, the
+    default when installed, and asyncio's own."""
+    settings = Settings(
+        database_url=sql_url,
+        writer_flush_seconds=0.02,
+        config_refresh_seconds=0.1,
+        grpc_event_loop=request.param,
+    )
     runtime = Runtime(settings, SqlStore.from_url(sql_url))
     runtime.experiments.apply(experiment_from_dict(EXPERIMENT), actor="test", start=True)
     runtime.start()
@@ -58,6 +65,7 @@ def harness(sql_url: str) -> Iterator[Harness]:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
     server = build_server(settings, runtime, Telemetry(provider), address="127.0.0.1:0")
+    assert server.event_loop == request.param
     server.start()
     channel = grpc.insecure_channel(server.address)
     yield Harness(server, runtime, channel, pb_grpc.AssignmentServiceStub(channel), spans)

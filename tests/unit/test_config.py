@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import asyncio
+import sys
+
 import pytest
 
 from abkit.config import DEFAULT_DATABASE_URL, Settings
 from abkit.errors import ValidationError
+from abkit.rpc import loops
 
 
 def test_defaults_need_no_environment() -> None:
@@ -43,12 +47,33 @@ def test_reads_prefixed_variables_and_standard_otel_ones() -> None:
             "ABKIT_GRPC_SWITCH_INTERVAL_SECONDS",
             "positive",
         ),
+        ({"ABKIT_GRPC_EVENT_LOOP": "trio"}, "ABKIT_GRPC_EVENT_LOOP", "auto, asyncio or uvloop"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], field: str, words: str) -> None:
     with pytest.raises(ValidationError) as info:
         Settings.from_env(env)
     assert info.value.field == field and words in info.value.message
+
+
+def test_the_event_loop_falls_back_to_asyncio_only_when_asked_for_auto(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    installed = loops.new_loop("auto")
+    assert type(installed).__module__ == "uvloop"  # abkit[dev] installs it
+    installed.close()
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    loop = loops.new_loop("auto")
+    assert isinstance(loop, asyncio.BaseEventLoop) and type(loop).__module__.startswith("asyncio")
+    loop.close()
+    assert Settings.from_env({"ABKIT_GRPC_EVENT_LOOP": "auto"}).grpc_event_loop == "auto"
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env({"ABKIT_GRPC_EVENT_LOOP": "uvloop"})
+    assert info.value.field == "ABKIT_GRPC_EVENT_LOOP" and "abkit[fast]" in info.value.message
+    with pytest.raises(ImportError):
+        loops.new_loop("uvloop")
+    with pytest.raises(ValueError, match="trio"):
+        loops.new_loop("trio")
 
 
 def test_settings_are_frozen() -> None:
