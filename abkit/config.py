@@ -65,8 +65,8 @@ class Settings:
     every fsync and database round trip and, at Python's default of 5 ms, can wait that long to
     get it back from the busy request loop each time; 1 ms keeps them moving (BENCHMARKS.md)."""
     grpc_event_loop: str = "auto"
-    """The event loop of ``abkit grpc`` and ``abkit serve``: ``uvloop`` (libuv's, in C: a tenth to
-    a sixth less CPU a call, BENCHMARKS.md), ``asyncio`` (the standard library's), or ``auto``:
+    """The event loop of ``abkit grpc`` and ``abkit serve``: ``uvloop`` (libuv's, in C: about a
+    tenth less CPU a call, BENCHMARKS.md), ``asyncio`` (the standard library's), or ``auto``:
     uvloop when it is installed (``pip install 'abkit[fast]'``, in the container image), else
     asyncio."""
     grpc_grace_seconds: float = 10.0

@@ -20,9 +20,9 @@ T = TypeVar("T")
 
 
 def new_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
-    """A new event loop: ``asyncio``'s own; ``uvloop``'s (libuv, in C: a tenth to a sixth less
-    CPU a call for a ``grpc.aio`` server here, BENCHMARKS.md); ``auto``, uvloop's when it is
-    installed (``abkit[fast]``), else asyncio's."""
+    """A new event loop: ``asyncio``'s own; ``uvloop``'s (libuv, in C: about a tenth less CPU a
+    call for a ``grpc.aio`` server here, 4-22 % in probes, BENCHMARKS.md); ``auto``, uvloop's
+    when it is installed (``abkit[fast]``), else asyncio's."""
     if kind not in EVENT_LOOPS:
         raise ValueError(f"event loop must be one of {', '.join(EVENT_LOOPS)}, got {kind!r}")
     if kind != "asyncio":
